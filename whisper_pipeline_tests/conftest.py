@@ -1,0 +1,87 @@
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus"))
+
+
+def corpus_rows() -> list[dict]:
+    """Rows of ``../shared/corpus/manifest.csv`` (empty when the corpus is absent)."""
+    manifest = CORPUS / "manifest.csv"
+    if not manifest.exists():
+        return []
+    with open(manifest, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+requires_corpus = pytest.mark.skipif(not corpus_rows(), reason=f"no corpus at {CORPUS}")
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not corpus_rows():
+        pytest.skip(f"no corpus at {CORPUS}")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The bundled tiny.en model on CPU, int8 (what CI and the default config run)."""
+    from faster_whisper import WhisperModel
+
+    from whisper_pipeline.resources.whisper import bundled_model_path
+
+    return WhisperModel(bundled_model_path(), device="cpu", compute_type="int8")
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def materialize_cli(
+    root: Path, home: Path, partition: str, timeout: float = 900, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Materialize every asset of a partition through the Dagster CLI (multiprocess executor)."""
+    env = dict(
+        os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root), **(extra_env or {})
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "whisper_pipeline.definitions",
+            "--select",
+            "*",
+            "--partition",
+            partition,
+        ],
+        env=env,
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def english_wer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER after OpenAI Whisper's English text normalizer on both sides."""
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    normalize = EnglishTextNormalizer()
+    return jiwer.wer([normalize(r) for r in references], [normalize(h) for h in hypotheses])

@@ -1,0 +1,53 @@
+import io
+
+import numpy as np
+import pytest
+
+from whisper_pipeline.core import audio
+from whisper_pipeline_tests.conftest import corpus_rows, requires_corpus
+
+FORMAT_ROWS = [row for row in corpus_rows() if row["file"].startswith("formats/")]
+
+
+@requires_corpus
+@pytest.mark.parametrize("row", FORMAT_ROWS, ids=[r["file"] for r in FORMAT_ROWS])
+def test_probe_and_decode_every_corpus_format(corpus, row):
+    with open(corpus / row["file"], "rb") as handle:
+        probed = audio.probe(handle)
+        handle.seek(0)
+        waveform = audio.decode(handle)
+    assert probed.codec == row["codec"]
+    assert probed.sample_rate == int(row["sample_rate"])
+    assert probed.channels == int(row["channels"])
+    assert waveform.dtype == np.float32 and waveform.ndim == 1
+    # Decoded length matches the manifest's duration to within one 100 ms frame of codec delay.
+    assert waveform.shape[0] / audio.SAMPLE_RATE == pytest.approx(float(row["duration_s"]), abs=0.1)
+
+
+def test_fingerprint_is_sha256_of_content():
+    data = b"not audio at all" * 100_000
+    expected = __import__("hashlib").sha256(data).hexdigest()
+    assert audio.fingerprint(io.BytesIO(data)) == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"hello, this is a text file named .mp3\n",
+        bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+    ],
+    ids=["empty", "text", "random_bytes"],
+)
+def test_unreadable_input_raises_audio_error(content):
+    with pytest.raises(audio.AudioError):
+        audio.probe(io.BytesIO(content))
+    with pytest.raises(audio.AudioError):
+        audio.decode(io.BytesIO(content))
+
+
+def test_normalize_peak_scales_quiet_audio_and_leaves_silence():
+    quiet = np.array([0.0, 0.01, -0.02], dtype=np.float32)
+    assert np.max(np.abs(audio.normalize_peak(quiet))) == pytest.approx(0.95)
+    silence = np.zeros(10, dtype=np.float32)
+    assert not audio.normalize_peak(silence).any()

@@ -1,0 +1,50 @@
+from datetime import datetime
+
+import dagster as dg
+import yaml
+
+from whisper_pipeline.assets.transcription import ACCELERATOR_TAG_KEY, GPU_POOL
+from whisper_pipeline.definitions import EXECUTOR_CONFIG, defs, executor
+from whisper_pipeline.schedules import nightly_transcription_schedule
+from whisper_pipeline_tests.conftest import REPOSITORY
+
+
+def test_definitions_load_and_resolve():
+    dg.Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def("transcribe_partition")
+    assert job.partitions_def.get_partition_keys()[0] == "2024-01-01"
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"audio_manifest", "audio_files", "transcripts", "transcript_segments"}
+
+
+def test_transcription_op_is_pooled_and_tagged():
+    job = defs.resolve_job_def("transcribe_partition")
+    ops = {op.name: op for op in job.all_node_defs}
+    assert ops["transcribe_shard"].pool == GPU_POOL
+    assert ops["transcribe_shard"].tags[ACCELERATOR_TAG_KEY] == "gpu"
+    assert ops["preprocess_shard"].pool is None
+
+
+def test_executor_limits_the_gpu_tag_to_one_step():
+    job = defs.resolve_job_def("transcribe_partition")
+    assert job.executor_def is executor
+    assert EXECUTOR_CONFIG["tag_concurrency_limits"] == [
+        {"key": ACCELERATOR_TAG_KEY, "value": "gpu", "limit": 1}
+    ]
+
+
+def test_dagster_yaml_limits_pools_to_one_and_frees_crashed_slots():
+    config = yaml.safe_load((REPOSITORY / "dagster.yaml").read_text())
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert config["run_monitoring"]["enabled"] is True
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
+
+
+def test_nightly_schedule_requests_yesterdays_partition():
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime(2026, 11, 21, 2, 0)
+    )
+    schedule = defs.resolve_schedule_def(nightly_transcription_schedule.name)
+    requests = schedule.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests] == ["2026-11-20"]
