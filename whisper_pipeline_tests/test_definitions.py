@@ -48,3 +48,11 @@ def test_nightly_schedule_requests_yesterdays_partition():
     schedule = defs.resolve_schedule_def(nightly_transcription_schedule.name)
     requests = schedule.evaluate_tick(context).run_requests
     assert [r.partition_key for r in requests] == ["2026-11-20"]
+
+
+def test_storage_touching_steps_retry_with_backoff():
+    job = defs.resolve_job_def("transcribe_partition")
+    ops = {op.name: op for op in job.all_node_defs}
+    for name in ("plan_shards", "preprocess_shard", "transcribe_shard", "write_tables"):
+        policy = ops[name].retry_policy
+        assert policy.max_retries >= 3 and policy.backoff == dg.Backoff.EXPONENTIAL, name

@@ -1,7 +1,7 @@
 import math
 import posixpath
 import time
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,14 +13,9 @@ from whisper_pipeline.assets.manifest import STORAGE_RETRY
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput
 from whisper_pipeline.core.chunking import log_mel, split_speech
-from whisper_pipeline.core.schema import (
-    AUDIO_FILES,
-    STATUS_FAILED,
-    STATUS_NO_SPEECH,
-    STATUS_OK,
-    TRANSCRIPT_SEGMENTS,
-    TRANSCRIPTS,
-)
+from whisper_pipeline.core.results import ContentResult, assemble, build_tables, options_key
+from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_NO_SPEECH, STATUS_OK
+from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.partitions import daily_partitions
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 
@@ -29,6 +24,14 @@ ACCELERATOR_TAG_KEY = "whisper_pipeline/accelerator"
 
 GPU_POOL = "gpu"
 """Dagster pool of the transcription op; ``dagster.yaml`` limits it to one slot across runs."""
+
+TRUNCATION_RATIO = 0.9
+"""A file decoding to less than this share of its header's duration (less 0.5 s) is truncated.
+On the shared corpus the lowest ratio for a whole file is 0.958 (raw ADTS AAC, whose header
+duration is a bitrate estimate)."""
+
+RESULT_THREADS = 8
+"""Result files read or written at once (small objects; I/O-bound on object stores)."""
 
 SHARD_FILES = pa.schema(
     [
@@ -49,44 +52,23 @@ SHARD_CHUNKS = pa.schema(
         ("speech_ends", pa.list_(pa.int64())),
     ]
 )
-SHARD_SEGMENTS = pa.schema(
-    [
-        ("content_sha256", pa.string()),
-        ("chunk_index", pa.int32()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("text", pa.string()),
-        ("avg_logprob", pa.float64()),
-        ("no_speech_prob", pa.float64()),
-        ("compression_ratio", pa.float64()),
-        ("temperature", pa.float64()),
-    ]
-)
-SHARD_CHUNK_RESULTS = pa.schema(
-    [
-        ("content_sha256", pa.string()),
-        ("chunk_index", pa.int32()),
-        ("n_frames", pa.int32()),
-        ("language", pa.string()),
-        ("language_probability", pa.float64()),
-        ("error", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """Files (unique contents) one preprocessing step handles; passed between steps, small.
+    """Files (distinct contents) one preprocessing step handles; passed between steps, small.
 
     Attributes:
         index: Shard number, from 0.
         run_dir: Staging folder of this run and partition.
-        files: ``(content_sha256, path)`` pairs, one per distinct content.
+        options_key: Cache key of the model and decoding options (``core.results``).
+        files: ``(content_sha256, path, declared duration_s or None)``, one per distinct content.
     """
 
     index: int
     run_dir: str
-    files: tuple[tuple[str, str], ...]
+    options_key: str
+    files: tuple[tuple[str, str, float | None], ...]
 
     @property
     def shard_dir(self) -> str:
@@ -115,21 +97,19 @@ class ShardFeatures:
 
 @dataclass(frozen=True)
 class ShardTranscripts:
-    """Summary of a transcribed shard; its segments are in ``shard_dir/segments.parquet``.
+    """Summary of a transcribed shard; its results are per content in the result cache.
 
     Attributes:
         features: The preprocessed shard it came from.
         transcribe_s: Wall seconds of batched decoding (model load excluded).
         model_load_s: Seconds spent loading the model in this step.
         generate_calls: CTranslate2 ``generate`` calls made (fallbacks and seeks included).
-        compute_type: Compute type the model ran with.
     """
 
     features: ShardFeatures
     transcribe_s: float
     model_load_s: float
     generate_calls: int
-    compute_type: str
 
 
 class PlanShardsConfig(dg.Config):
@@ -139,32 +119,42 @@ class PlanShardsConfig(dg.Config):
         max_shards: Upper bound on shards, hence on preprocessing steps and model loads.
         min_audio_s_per_shard: Fewer shards for small partitions: each shard gets at least this
             much audio (seconds), since every step costs a process start.
+        redo: Transcribe every file again, even those with a cached result for the same
+            content, model and options.
     """
 
     max_shards: int = 4
     min_audio_s_per_shard: float = 300.0
+    redo: bool = False
 
 
-def plan(files: list[tuple[str, str, float]], shards: int) -> list[list[tuple[str, str]]]:
+def plan(files: list[tuple], shards: int) -> list[list[tuple]]:
     """Split files into ``shards`` groups of about equal audio duration.
 
     Longest-processing-time-first greedy (Graham 1969): each file, longest first, goes to the
     group with the least audio so far; within 4/3 of the optimum makespan.
 
     Args:
-        files: ``(content_sha256, path, duration_s)`` triples.
+        files: Tuples whose last item is the duration in seconds used for balancing.
         shards: Number of groups (>= 1).
 
     Returns:
-        Non-empty groups of ``(content_sha256, path)``.
+        Non-empty groups of the tuples, without their balancing duration.
     """
-    groups: list[list[tuple[str, str]]] = [[] for _ in range(shards)]
+    groups: list[list[tuple]] = [[] for _ in range(shards)]
     loads = [0.0] * shards
-    for sha, path, duration in sorted(files, key=lambda f: f[2], reverse=True):
+    for *item, duration in sorted(files, key=lambda f: f[-1], reverse=True):
         target = loads.index(min(loads))
-        groups[target].append((sha, path))
+        groups[target].append(tuple(item))
         loads[target] += max(duration, 1e-3)
     return [group for group in groups if group]
+
+
+def whisper_options_key(whisper: WhisperModelResource) -> str:
+    """Cache key of the configured model, compute type and decoding options."""
+    return options_key(
+        whisper.model_name, whisper.resolved_compute_type(), whisper.decoding_options()
+    )
 
 
 @dg.op(out=dg.DynamicOut(ShardPlan), retry_policy=STORAGE_RETRY)
@@ -172,28 +162,44 @@ def plan_shards(
     context: dg.OpExecutionContext,
     config: PlanShardsConfig,
     storage: StorageResource,
+    whisper: WhisperModelResource,
     audio_manifest: pa.Table,
 ):
-    """Group the partition's readable files, one entry per distinct content, into shards."""
+    """Group the readable files still to transcribe, one entry per distinct content, into shards.
+
+    Contents with a cached result for the same model and options are skipped (unless ``redo``):
+    a re-run, or a run after a crash, only does the work that is missing.
+    """
     store = storage.get()
     run_dir = store.staging_dir(context.partition_key, context.run_id)
-    distinct: dict[str, tuple[str, str, float]] = {}
+    key = whisper_options_key(whisper)
+    cached = set() if config.redo else store.cached_contents(key)
+    pending: dict[str, tuple] = {}
+    skipped = set()
     for row in audio_manifest.to_pylist():
-        if row["status"] != STATUS_OK or row["content_sha256"] in distinct:
+        sha = row["content_sha256"]
+        if row["status"] != STATUS_OK or sha in pending or sha in skipped:
+            continue
+        if sha in cached:
+            skipped.add(sha)
             continue
         path = store.fs._strip_protocol(row["source_uri"])
-        # Unknown durations (raw AAC) are estimated from size at 128 kbit/s for balancing only.
-        duration = row["duration_s"] or row["size_bytes"] / 16000
-        distinct[row["content_sha256"]] = (row["content_sha256"], path, duration)
-    total = sum(f[2] for f in distinct.values())
+        # Unknown durations (raw AAC) are estimated from size at 128 kbit/s, for balancing only.
+        balance = row["duration_s"] or row["size_bytes"] / 16000
+        pending[sha] = (sha, path, row["duration_s"], balance)
+    total = sum(f[-1] for f in pending.values())
     shards = max(1, min(config.max_shards, math.ceil(total / config.min_audio_s_per_shard)))
-    groups = plan(list(distinct.values()), shards)
+    groups = plan(list(pending.values()), shards) if pending else []
     context.log.info(
-        "%d distinct files, %.0f s of audio, in %d shards", len(distinct), total, len(groups)
+        "%d distinct contents to transcribe (%.0f s of audio) in %d shards; %d already cached",
+        len(pending),
+        total,
+        len(groups),
+        len(skipped),
     )
     for index, group in enumerate(groups):
         yield dg.DynamicOutput(
-            ShardPlan(index, run_dir, tuple(group)), mapping_key=f"shard_{index:05d}"
+            ShardPlan(index, run_dir, key, tuple(group)), mapping_key=f"shard_{index:05d}"
         )
 
 
@@ -205,6 +211,9 @@ def preprocess_shard(
     whisper: WhisperModelResource,
 ) -> ShardFeatures:
     """Decode, downmix, resample to 16 kHz, peak-normalize, VAD-split and featurize a shard.
+
+    A file that cannot be decoded, decodes to no samples, or decodes to much less than its
+    header declares (a truncated upload) is recorded as failed with the reason.
 
     Writes to the shard's staging folder: ``features.f32`` (every chunk's log-mel frames,
     float32, row-major ``(frames, n_mels)``), ``chunks.parquet`` (where each chunk's frames are,
@@ -220,7 +229,7 @@ def preprocess_shard(
     features_path = posixpath.join(shard.shard_dir, "features.f32")
     store.fs.makedirs(shard.shard_dir, exist_ok=True)
     with store.fs.open(features_path, "wb") as features_out:
-        for sha, path in shard.files:
+        for sha, path, declared in shard.files:
             try:
                 with store.fs.open(path, "rb") as handle:
                     waveform = audio.decode(handle)
@@ -228,6 +237,10 @@ def preprocess_shard(
                 files.append(_file_row(sha, None, 0.0, STATUS_FAILED, str(error)))
                 continue
             duration = waveform.shape[0] / audio.SAMPLE_RATE
+            if declared and duration < TRUNCATION_RATIO * declared - 0.5:
+                error = f"truncated: decoded {duration:.2f} s of the {declared:.2f} s declared"
+                files.append(_file_row(sha, duration, 0.0, STATUS_FAILED, error))
+                continue
             audio_s += duration
             speech = split_speech(audio.normalize_peak(waveform))
             del waveform
@@ -278,7 +291,7 @@ def _file_row(sha: str, duration, speech_s: float, status: str, error: str) -> d
     }
 
 
-def load_chunk_inputs(store, shard: ShardFeatures) -> list[ChunkInput]:
+def load_chunk_inputs(store: Storage, shard: ShardFeatures) -> list[ChunkInput]:
     """Read a preprocessed shard back as model inputs keyed ``(content_sha256, chunk_index)``."""
     shard_dir = shard.plan.shard_dir
     chunks = store.read_parquet(posixpath.join(shard_dir, "chunks.parquet")).to_pylist()
@@ -293,6 +306,30 @@ def load_chunk_inputs(store, shard: ShardFeatures) -> list[ChunkInput]:
         )
         for row in chunks
     ]
+
+
+def failure_path(run_dir: str, content_sha256: str) -> str:
+    """Where a run keeps a failed content's result (never cached, so re-runs retry it)."""
+    return posixpath.join(run_dir, "failed", f"{content_sha256}.json")
+
+
+def write_result(store: Storage, shard: ShardPlan, result: ContentResult) -> None:
+    """Store one content's result: in the cache when it succeeded, run-local when it failed."""
+    if result.status == STATUS_FAILED:
+        path = failure_path(shard.run_dir, result.content_sha256)
+    else:
+        path = store.result_path(shard.options_key, result.content_sha256)
+    store.write_bytes_atomic(path, result.to_json())
+
+
+def read_result(store: Storage, key: str, run_dir: str, sha: str) -> ContentResult | None:
+    """This run's failure for a content, else its cached result, else ``None``."""
+    for path in (failure_path(run_dir, sha), store.result_path(key, sha)):
+        try:
+            return ContentResult.from_json(store.fs.cat_file(path))
+        except FileNotFoundError:
+            continue
+    return None
 
 
 @dg.op(
@@ -310,7 +347,8 @@ def transcribe_shard(
 
     Runs one at a time per run (executor tag limit) and across runs (pool ``gpu``), and ahead
     of waiting preprocessing steps (``dagster/priority``), so the accelerator is kept busy while
-    CPU steps prepare later shards. Writes ``segments.parquet`` and ``chunk_results.parquet``.
+    CPU steps prepare later shards. Each content's result goes to the result cache, or, when it
+    failed, to the run's staging folder (so the next run tries it again).
     """
     store = storage.get()
     started = time.perf_counter()
@@ -320,43 +358,11 @@ def transcribe_shard(
     transcriber = BatchTranscriber(model, whisper.decoding_options())
     results = transcriber.transcribe(inputs)
     finished = time.perf_counter()
-    segments, chunk_rows = [], []
     frames = {chunk.key: chunk.features.shape[-1] for chunk in inputs}
-    for result in results:
-        sha, index = result.key
-        chunk_rows.append(
-            {
-                "content_sha256": sha,
-                "chunk_index": index,
-                "n_frames": frames[result.key],
-                "language": result.language,
-                "language_probability": result.language_probability,
-                "error": result.error,
-            }
-        )
-        for segment in result.segments:
-            segments.append(
-                {
-                    "content_sha256": sha,
-                    "chunk_index": index,
-                    "start_s": segment.start,
-                    "end_s": segment.end,
-                    "text": segment.text,
-                    "avg_logprob": segment.avg_logprob,
-                    "no_speech_prob": segment.no_speech_prob,
-                    "compression_ratio": segment.compression_ratio,
-                    "temperature": segment.temperature,
-                }
-            )
-    shard_dir = shard.plan.shard_dir
-    store.write_parquet(
-        posixpath.join(shard_dir, "segments.parquet"),
-        pa.Table.from_pylist(segments, schema=SHARD_SEGMENTS),
-    )
-    store.write_parquet(
-        posixpath.join(shard_dir, "chunk_results.parquet"),
-        pa.Table.from_pylist(chunk_rows, schema=SHARD_CHUNK_RESULTS),
-    )
+    files = store.read_parquet(posixpath.join(shard.plan.shard_dir, "files.parquet")).to_pylist()
+    assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())
+    with ThreadPoolExecutor(RESULT_THREADS) as pool:
+        list(pool.map(lambda result: write_result(store, shard.plan, result), assembled))
     decode_s = finished - loaded
     context.log.info(
         "shard %d: %d chunks, %.1f s audio in %.1f s (RTF %.3f), %d generate calls",
@@ -367,119 +373,7 @@ def transcribe_shard(
         decode_s / max(shard.audio_s, 1e-9),
         transcriber.generate_calls,
     )
-    return ShardTranscripts(
-        shard,
-        decode_s,
-        loaded - started,
-        transcriber.generate_calls,
-        whisper.resolved_compute_type(),
-    )
-
-
-def _read_shard_tables(store, shards: list[ShardTranscripts]) -> dict[str, pa.Table]:
-    names = ("files", "segments", "chunk_results")
-    parts: dict[str, list[pa.Table]] = {name: [] for name in names}
-    for shard in shards:
-        for name in names:
-            path = posixpath.join(shard.features.plan.shard_dir, f"{name}.parquet")
-            parts[name].append(store.read_parquet(path))
-    schemas = {
-        "files": SHARD_FILES,
-        "segments": SHARD_SEGMENTS,
-        "chunk_results": SHARD_CHUNK_RESULTS,
-    }
-    return {
-        name: pa.concat_tables(parts[name]) if parts[name] else schemas[name].empty_table()
-        for name in names
-    }
-
-
-def build_tables(
-    manifest: pa.Table,
-    shard_tables: dict[str, pa.Table],
-    model: str,
-    compute_type: str,
-    beam_size: int,
-) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Join the manifest with shard results into the three published tables.
-
-    Every manifest row yields one ``audio_files`` row with its final status: ``failed`` (probe,
-    decode or model error, with the reason), ``no_speech`` (VAD or the model found none) or
-    ``ok``. Files with status ok or no_speech get one ``transcripts`` row (empty text for
-    no_speech); files with identical content share the one transcription of that content.
-
-    Returns:
-        ``(audio_files, transcripts, transcript_segments)`` in the schemas of ``core.schema``.
-    """
-    now = datetime.now(UTC)
-    file_info = {row["content_sha256"]: row for row in shard_tables["files"].to_pylist()}
-    chunk_info = defaultdict(list)
-    for row in shard_tables["chunk_results"].to_pylist():
-        chunk_info[row["content_sha256"]].append(row)
-    segments_by_sha = defaultdict(list)
-    for row in shard_tables["segments"].to_pylist():
-        segments_by_sha[row["content_sha256"]].append(row)
-
-    files, transcripts, segments = [], [], []
-    for row in manifest.to_pylist():
-        row = dict(row, processed_at=now)
-        sha = row["content_sha256"]
-        info = file_info.get(sha)
-        if row["status"] == STATUS_FAILED:
-            files.append(row)
-            continue
-        if info is None:
-            row.update(status=STATUS_FAILED, error="file was not preprocessed")
-            files.append(row)
-            continue
-        if info["duration_s"] is not None:
-            row["duration_s"] = info["duration_s"]
-        errors = [c for c in chunk_info[sha] if c["error"]]
-        if info["status"] == STATUS_FAILED:
-            row.update(status=STATUS_FAILED, error=info["error"])
-        elif errors:
-            first = min(errors, key=lambda c: c["chunk_index"])
-            row.update(
-                status=STATUS_FAILED,
-                error=f"model failed on chunk {first['chunk_index']}: {first['error']}",
-            )
-        file_segments = sorted(segments_by_sha[sha], key=lambda s: (s["chunk_index"], s["start_s"]))
-        if row["status"] != STATUS_FAILED:
-            row["status"] = STATUS_OK if file_segments else STATUS_NO_SPEECH
-        files.append(row)
-        if row["status"] == STATUS_FAILED:
-            continue
-        for index, segment in enumerate(file_segments):
-            segments.append(
-                {
-                    "file_id": row["file_id"],
-                    "segment_index": index,
-                    **{k: segment[k] for k in TRANSCRIPT_SEGMENTS.names if k in segment},
-                }
-            )
-        chunks = chunk_info[sha]
-        main = max(chunks, key=lambda c: c["n_frames"]) if chunks else None
-        transcripts.append(
-            {
-                "file_id": row["file_id"],
-                "content_sha256": sha,
-                "text": " ".join(s["text"] for s in file_segments),
-                "language": main["language"] if main else "",
-                "language_probability": main["language_probability"] if main else 0.0,
-                "duration_s": row["duration_s"] or 0.0,
-                "speech_duration_s": info["speech_duration_s"],
-                "segment_count": len(file_segments),
-                "model": model,
-                "compute_type": compute_type,
-                "beam_size": beam_size,
-                "transcribed_at": now,
-            }
-        )
-    return (
-        pa.Table.from_pylist(files, schema=AUDIO_FILES),
-        pa.Table.from_pylist(transcripts, schema=TRANSCRIPTS),
-        pa.Table.from_pylist(segments, schema=TRANSCRIPT_SEGMENTS),
-    )
+    return ShardTranscripts(shard, decode_s, loaded - started, transcriber.generate_calls)
 
 
 def _preview(transcripts: pa.Table, rows: int = 5) -> str:
@@ -506,20 +400,32 @@ def write_tables(
     audio_manifest: pa.Table,
     shards: list[ShardTranscripts],
 ):
-    """Assemble the partition's three tables; the IO manager replaces each one atomically."""
+    """Assemble the partition's three tables; the IO manager replaces each one atomically.
+
+    Reads one result per distinct content: this run's, or the cached one from an earlier run.
+    """
+    started_at = datetime.now(UTC)
     store = storage.get()
-    compute_type = shards[0].compute_type if shards else whisper.resolved_compute_type()
+    key = whisper_options_key(whisper)
+    run_dir = store.staging_dir(context.partition_key, context.run_id)
+    manifest = audio_manifest.to_pylist()
+    contents = sorted({row["content_sha256"] for row in manifest if row["status"] == STATUS_OK})
+    with ThreadPoolExecutor(RESULT_THREADS) as pool:
+        found = list(pool.map(lambda sha: read_result(store, key, run_dir, sha), contents))
+    results = {sha: result for sha, result in zip(contents, found, strict=True) if result}
     files, transcripts, segments = build_tables(
-        audio_manifest,
-        _read_shard_tables(store, shards),
+        manifest,
+        results,
         whisper.model_name,
-        compute_type,
+        whisper.resolved_compute_type(),
         whisper.beam_size,
+        started_at,
     )
     statuses = files.column("status").to_pylist()
     audio_s = sum(s.features.audio_s for s in shards)
     transcribe_s = sum(s.transcribe_s for s in shards)
     speech_s = sum(transcripts.column("speech_duration_s").to_pylist())
+    all_audio_s = sum(transcripts.column("duration_s").to_pylist())
     yield dg.Output(
         files,
         "audio_files",
@@ -528,30 +434,32 @@ def write_tables(
             "files_ok": statuses.count(STATUS_OK),
             "files_no_speech": statuses.count(STATUS_NO_SPEECH),
             "files_failed": statuses.count(STATUS_FAILED),
-            "audio_hours": round(audio_s / 3600, 4),
+            "audio_hours": round(all_audio_s / 3600, 4),
         },
     )
     yield dg.Output(
         transcripts,
         "transcripts",
         metadata={
-            "audio_hours": round(audio_s / 3600, 4),
+            "audio_hours": round(all_audio_s / 3600, 4),
             "speech_hours": round(speech_s / 3600, 4),
-            "real_time_factor": round(transcribe_s / max(audio_s, 1e-9), 4),
+            "audio_hours_transcribed_this_run": round(audio_s / 3600, 4),
+            "contents_from_cache": len(contents) - sum(len(s.features.plan.files) for s in shards),
+            "real_time_factor": round(transcribe_s / audio_s, 4) if audio_s else 0.0,
             "transcribe_seconds": round(transcribe_s, 2),
             "preprocess_seconds": round(sum(s.features.preprocess_s for s in shards), 2),
             "model_load_seconds": round(sum(s.model_load_s for s in shards), 2),
             "generate_calls": sum(s.generate_calls for s in shards),
             "shards": len(shards),
             "model": whisper.model_name,
-            "compute_type": compute_type,
+            "compute_type": whisper.resolved_compute_type(),
             "beam_size": whisper.beam_size,
             "preview": dg.MetadataValue.md(_preview(transcripts)),
         },
     )
     yield dg.Output(segments, "transcript_segments", metadata={"files": transcripts.num_rows})
-    if shards:
-        store.fs.rm(shards[0].features.plan.run_dir, recursive=True)
+    if store.fs.exists(run_dir):
+        store.fs.rm(run_dir, recursive=True)
 
 
 @dg.graph_multi_asset(

@@ -135,4 +135,3 @@ def log_mel(extractor: FeatureExtractor, audio: np.ndarray) -> np.ndarray:
         frames happens at batch time (``batching.pad_features``).
     """
     return extractor(audio)[..., :-1]
-

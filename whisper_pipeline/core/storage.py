@@ -2,8 +2,10 @@
 
 Layout under the root::
 
-    raw/YYYY-MM-DD/**            landing zone, one folder per daily partition
-    staging/YYYY-MM-DD/<run>/    intermediate chunk features and shard results
+    raw/YYYY-MM-DD/**                  landing zone, one folder per daily partition
+    staging/YYYY-MM-DD/<run>/          one run's chunk features (deleted when the run ends well)
+    staging/audio_manifest/date=.../   the staging asset
+    cache/<options key>/<sha[:2]>/<sha>.json   one transcription result per distinct content
     tables/<table>/date=YYYY-MM-DD/part-0.parquet
 """
 
@@ -64,6 +66,27 @@ class Storage:
     def staging_dir(self, partition_key: str, run_id: str) -> str:
         """Scratch folder of one run for one partition."""
         return self.path("staging", partition_key, run_id)
+
+    def result_dir(self, options_key: str) -> str:
+        """Folder of cached results for one model + options key."""
+        return self.path("cache", options_key)
+
+    def result_path(self, options_key: str, content_sha256: str) -> str:
+        """Cached result of one content under one model + options key."""
+        return posixpath.join(
+            self.result_dir(options_key), content_sha256[:2], f"{content_sha256}.json"
+        )
+
+    def cached_contents(self, options_key: str) -> set[str]:
+        """SHA-256 of every content with a cached result under ``options_key`` (one listing)."""
+        directory = self.result_dir(options_key)
+        if not self.fs.exists(directory):
+            return set()
+        return {
+            posixpath.basename(path)[: -len(".json")]
+            for path in self.fs.find(directory)
+            if path.endswith(".json")
+        }
 
     def table_dir(self, table: str, partition_key: str, area: str = "tables") -> str:
         """Hive partition folder of a table: ``<area>/<table>/date=<partition_key>``."""

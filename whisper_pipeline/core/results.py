@@ -1,0 +1,199 @@
+"""Per-content transcription results and the cache key that lets re-runs skip finished work.
+
+A result is keyed by the audio's SHA-256 plus everything that changes the text: model, compute
+type, decoding options and this module's ``PREPROCESSING_VERSION``. Identical content under two
+names, or landed again on another day, is transcribed once.
+"""
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+
+from whisper_pipeline.core.batching import ChunkResult, DecodingOptions
+from whisper_pipeline.core.schema import (
+    AUDIO_FILES,
+    STATUS_FAILED,
+    STATUS_NO_SPEECH,
+    STATUS_OK,
+    TRANSCRIPT_SEGMENTS,
+    TRANSCRIPTS,
+)
+
+PREPROCESSING_VERSION = "1"
+"""Bump when decoding, normalization, VAD or features change in a way that changes the text."""
+
+
+def options_key(model: str, compute_type: str, options: DecodingOptions) -> str:
+    """16 hex chars identifying a model + compute type + decoding options + preprocessing."""
+    payload = {
+        "model": model,
+        "compute_type": compute_type,
+        "preprocessing": PREPROCESSING_VERSION,
+        **options.cache_key_fields(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ContentResult:
+    """Everything the tables need about one distinct audio content.
+
+    Attributes:
+        content_sha256: SHA-256 of the file's bytes.
+        status: ``ok``, ``no_speech`` or ``failed``.
+        error: Why it failed; empty otherwise.
+        duration_s: Decoded duration in seconds; ``None`` when decoding failed.
+        speech_duration_s: Speech found by VAD, in seconds.
+        language: ISO 639-1 code of the longest chunk ("" without speech).
+        language_probability: Its probability (0-1).
+        segments: Dicts with ``start_s``, ``end_s`` (seconds from file start), ``text``,
+            ``avg_logprob``, ``no_speech_prob``, ``compression_ratio``, ``temperature``, in order.
+        transcribed_at: ISO 8601 UTC time the model produced the result.
+    """
+
+    content_sha256: str
+    status: str
+    error: str = ""
+    duration_s: float | None = None
+    speech_duration_s: float = 0.0
+    language: str = ""
+    language_probability: float = 0.0
+    segments: list[dict] = field(default_factory=list)
+    transcribed_at: str = ""
+
+    def to_json(self) -> bytes:
+        """Serialize as UTF-8 JSON."""
+        return json.dumps(asdict(self), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "ContentResult":
+        """Parse what ``to_json`` wrote."""
+        return cls(**json.loads(data))
+
+
+def assemble(
+    files: list[dict], chunk_results: list[ChunkResult], chunk_frames: dict, transcribed_at: str
+) -> list[ContentResult]:
+    """Combine preprocessing outcomes and chunk results into one result per content.
+
+    Args:
+        files: Per content: ``content_sha256``, ``duration_s``, ``speech_duration_s``, ``status``
+            (``ok``/``no_speech``/``failed`` from decoding and VAD) and ``error``.
+        chunk_results: Model results keyed ``(content_sha256, chunk_index)``.
+        chunk_frames: Feature frames per chunk key (picks the language of the longest chunk).
+        transcribed_at: ISO 8601 UTC timestamp to record.
+
+    Returns:
+        One ``ContentResult`` per entry of ``files``. A content any of whose chunks failed in
+        the model is ``failed`` with the first chunk's error; one whose chunks gave no text is
+        ``no_speech``.
+    """
+    by_content = defaultdict(list)
+    for result in chunk_results:
+        by_content[result.key[0]].append(result)
+    assembled = []
+    for info in files:
+        sha = info["content_sha256"]
+        chunks = sorted(by_content[sha], key=lambda r: r.key[1])
+        result = ContentResult(
+            content_sha256=sha,
+            status=info["status"],
+            error=info["error"],
+            duration_s=info["duration_s"],
+            speech_duration_s=info["speech_duration_s"],
+            transcribed_at=transcribed_at,
+        )
+        failed = [c for c in chunks if c.error]
+        if result.status != STATUS_FAILED and failed:
+            result.status = STATUS_FAILED
+            result.error = f"model failed on chunk {failed[0].key[1]}: {failed[0].error}"
+        if result.status != STATUS_FAILED:
+            result.segments = [
+                {
+                    "start_s": s.start,
+                    "end_s": s.end,
+                    "text": s.text,
+                    "avg_logprob": s.avg_logprob,
+                    "no_speech_prob": s.no_speech_prob,
+                    "compression_ratio": s.compression_ratio,
+                    "temperature": s.temperature,
+                }
+                for chunk in chunks
+                for s in chunk.segments
+            ]
+            result.status = STATUS_OK if result.segments else STATUS_NO_SPEECH
+        if chunks:
+            main = max(chunks, key=lambda c: chunk_frames.get(c.key, 0))
+            result.language, result.language_probability = main.language, main.language_probability
+        assembled.append(result)
+    return assembled
+
+
+def build_tables(
+    manifest: list[dict],
+    results: dict[str, ContentResult],
+    model: str,
+    compute_type: str,
+    beam_size: int,
+    processed_at: datetime,
+) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Join the staged manifest with per-content results into the three published tables.
+
+    Every manifest row yields one ``audio_files`` row with its final status: ``failed`` at
+    probe time, or the content's result status (``failed`` with the reason, ``no_speech`` or
+    ``ok``). Files with status ok or no_speech get one ``transcripts`` row (empty text for
+    no_speech) and their segments; files with identical content share one result.
+
+    Args:
+        manifest: ``audio_files`` rows as staged (probe-time status).
+        results: Result per ``content_sha256``; a content missing here is ``failed``.
+        model: Model name recorded in ``transcripts``.
+        compute_type: Compute type recorded in ``transcripts``.
+        beam_size: Beam size recorded in ``transcripts``.
+        processed_at: Timestamp for ``audio_files.processed_at`` (UTC).
+
+    Returns:
+        ``(audio_files, transcripts, transcript_segments)`` in the schemas of ``core.schema``.
+    """
+    files, transcripts, segments = [], [], []
+    for staged in manifest:
+        row = dict(staged, processed_at=processed_at)
+        files.append(row)
+        if row["status"] == STATUS_FAILED:
+            continue
+        result = results.get(row["content_sha256"])
+        if result is None:
+            row.update(status=STATUS_FAILED, error="no transcription result was produced")
+            continue
+        row.update(status=result.status, error=result.error)
+        if result.duration_s is not None:
+            row["duration_s"] = result.duration_s
+        if result.status == STATUS_FAILED:
+            continue
+        for index, segment in enumerate(result.segments):
+            segments.append({"file_id": row["file_id"], "segment_index": index, **segment})
+        transcripts.append(
+            {
+                "file_id": row["file_id"],
+                "content_sha256": result.content_sha256,
+                "text": " ".join(s["text"] for s in result.segments),
+                "language": result.language,
+                "language_probability": result.language_probability,
+                "duration_s": row["duration_s"] or 0.0,
+                "speech_duration_s": result.speech_duration_s,
+                "segment_count": len(result.segments),
+                "model": model,
+                "compute_type": compute_type,
+                "beam_size": beam_size,
+                "transcribed_at": datetime.fromisoformat(result.transcribed_at),
+            }
+        )
+    return (
+        pa.Table.from_pylist(files, schema=AUDIO_FILES),
+        pa.Table.from_pylist(transcripts, schema=TRANSCRIPTS),
+        pa.Table.from_pylist(segments, schema=TRANSCRIPT_SEGMENTS),
+    )

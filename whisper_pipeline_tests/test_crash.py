@@ -1,0 +1,128 @@
+"""A run SIGKILLed mid-transcription, then started again, completes with nothing lost or doubled."""
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+import yaml
+from dagster import DagsterInstance, DagsterRunStatus
+from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
+
+from whisper_pipeline.assets.transcription import GPU_POOL
+from whisper_pipeline_tests.conftest import REPOSITORY, materialize_cli
+
+PARTITION = "2026-11-19"
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (rc {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    config = yaml.safe_load((REPOSITORY / "dagster.yaml").read_text())
+    # Shorter than production's 30 s so the test does not sleep for long.
+    config["run_monitoring"]["free_slots_after_run_end_seconds"] = 1
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+def test_sigkill_mid_transcription_then_rerun(corpus, tmp_path, home):
+    root = tmp_path / "root"
+    landing = root / "raw" / PARTITION
+    (landing / "long").mkdir(parents=True)
+    for path in sorted((corpus / "long").iterdir()):
+        (landing / "long" / path.name).write_bytes(path.read_bytes())
+    log_path = tmp_path / "first_run.log"
+    env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
+    command = [
+        sys.executable, "-m", "dagster", "asset", "materialize", "-m",
+        "whisper_pipeline.definitions", "--select", "*", "--partition", PARTITION,
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(
+            command, env=env, cwd=REPOSITORY, stdout=log, stderr=log, start_new_session=True
+        )
+
+    def cached_results() -> list[Path]:
+        return list((root / "cache").rglob("*.json")) if (root / "cache").exists() else []
+
+    def transcribe_steps_started() -> int:
+        return len(re.findall(r"transcribe_shard\[\w+\] - STEP_START", log_path.read_text()))
+
+    try:
+        # Kill once one shard's results are cached and the next shard is being transcribed.
+        wait_for(
+            lambda: cached_results() and transcribe_steps_started() >= 2,
+            first,
+            600,
+            "a second shard's transcription started",
+        )
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    cached_before_rerun = len(cached_results())
+    assert not (root / "tables").exists(), "the killed run must not have published tables"
+
+    instance = DagsterInstance.from_config(str(home))
+    (run,) = instance.get_runs()
+    assert run.status == DagsterRunStatus.STARTED  # nobody is left to say it died
+    assert run.run_id in instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids
+
+    # What the run-monitoring daemon does: mark the dead run failed, then, after
+    # free_slots_after_run_end_seconds, free the pool slots it still holds.
+    instance.report_run_failed(run)
+    time.sleep(1.5)
+    list(
+        execute_concurrency_slots_iteration(SimpleNamespace(instance=instance), logging.getLogger())
+    )
+    assert not instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids
+
+    second = materialize_cli(root, home, PARTITION)
+    assert second.returncode == 0, second.stderr[-5000:]
+    planned, cached = map(
+        int,
+        re.search(
+            r"(\d+) distinct contents to transcribe.*; (\d+) already cached", second.stderr
+        ).groups(),
+    )
+    assert cached == cached_before_rerun > 0  # finished work is not redone
+    assert planned + cached == len(list(landing.rglob("*"))) - 1  # every distinct file, once
+
+    tables = {
+        name: f"read_parquet('{root}/tables/{name}/*/*.parquet')"
+        for name in ("audio_files", "transcripts", "transcript_segments")
+    }
+    files = duckdb.sql(f"select relative_path, status from {tables['audio_files']}").fetchall()
+    assert sorted(p for p, _ in files) == sorted(
+        f"long/{p.name}" for p in (corpus / "long").iterdir()
+    )
+    assert {s for _, s in files} == {"ok"}
+    ((transcripts, distinct, empty),) = duckdb.sql(
+        "select count(*), count(distinct file_id), count(*) filter (text = '')"
+        f" from {tables['transcripts']}"
+    ).fetchall()
+    assert transcripts == distinct == len(files) and empty == 0
+    ((segments, distinct_segments),) = duckdb.sql(
+        "select count(*), count(distinct (file_id, segment_index))"
+        f" from {tables['transcript_segments']}"
+    ).fetchall()
+    assert segments == distinct_segments > 0
