@@ -1,0 +1,1 @@
+"""Benchmarks of the transcription pipeline against plain faster-whisper (see ``run.py``)."""

