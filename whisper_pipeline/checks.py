@@ -1,103 +1,88 @@
-"""Asset checks on the published tables, run after each partition's materialization."""
+"""Asset checks on the published tables, run after each partition's materialization.
+
+They are one ``multi_asset_check`` (one step process per run instead of one per check), and
+each result is reported under its own check name.
+"""
+
+from collections.abc import Iterator
 
 import dagster as dg
-import pyarrow.compute as pc
 
-from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_OK, TABLE_SCHEMAS
+from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_OK, STATUSES, TABLE_SCHEMAS
 from whisper_pipeline.resources import StorageResource
 
+CHECKS = {
+    ("audio_files", "one_row_per_landed_file"): "Every staged file has exactly one row.",
+    ("transcripts", "one_row_per_transcribed_file"): "One row per file not failed; no others.",
+    ("transcripts", "text_where_speech"): "Files with status ok have non-empty text.",
+    **{
+        (table, "schema_matches_contract"): "Columns and types equal docs/SCHEMA.md."
+        for table in TABLE_SCHEMAS
+    },
+}
 
-def _read(storage: StorageResource, table: str, partition_key: str):
-    return storage.get().read_partition(table, partition_key)
 
-
-@dg.asset_check(asset="audio_files", additional_deps=["audio_manifest"], blocking=True)
-def audio_files_one_row_per_landed_file(
-    context: dg.AssetCheckExecutionContext, storage: StorageResource
-) -> dg.AssetCheckResult:
-    """Every staged file has exactly one ``audio_files`` row and a known status."""
-    key = context.partition_key
-    files = _read(storage, "audio_files", key)
-    manifest = storage.get().read_partition("audio_manifest", key, area="staging")
-    ids = files.column("file_id").to_pylist()
-    missing = set(manifest.column("file_id").to_pylist()) - set(ids)
-    bad_status = [
-        s for s in files.column("status").to_pylist() if s not in ("ok", "no_speech", "failed")
+def _schema_differences(table, expected) -> list[str]:
+    if table.schema.names != expected.names:
+        return [f"columns {table.schema.names} != {expected.names}"]
+    return [
+        f"{field.name}: {table.schema.field(field.name).type} != {field.type}"
+        for field in expected
+        if table.schema.field(field.name).type != field.type
     ]
-    return dg.AssetCheckResult(
-        passed=len(ids) == len(set(ids)) and not missing and not bad_status,
-        metadata={
-            "rows": len(ids),
-            "duplicate_ids": len(ids) - len(set(ids)),
-            "missing_files": len(missing),
-            "unknown_statuses": len(bad_status),
-        },
-    )
 
 
-@dg.asset_check(asset="transcripts", additional_deps=["audio_files"], blocking=True)
-def transcripts_one_row_per_transcribed_file(
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(name, asset=asset, description=description, blocking=True)
+        for (asset, name), description in CHECKS.items()
+    ],
+)
+def transcript_table_checks(
     context: dg.AssetCheckExecutionContext, storage: StorageResource
-) -> dg.AssetCheckResult:
-    """One transcript row per file not failed; none for failed files; no duplicates."""
+) -> Iterator[dg.AssetCheckResult]:
+    """Row-count, coverage, empty-text and schema checks on one partition of the tables."""
+    store = storage.get()
     key = context.partition_key
-    files = _read(storage, "audio_files", key).to_pylist()
-    transcript_ids = _read(storage, "transcripts", key).column("file_id").to_pylist()
+    manifest = store.read_partition("audio_manifest", key, area="staging")
+    tables = {name: store.read_partition(name, key) for name in TABLE_SCHEMAS}
+
+    files = tables["audio_files"].to_pylist()
+    ids = [row["file_id"] for row in files]
+    missing = set(manifest.column("file_id").to_pylist()) - set(ids)
+    unknown = [row["status"] for row in files if row["status"] not in STATUSES]
+    yield dg.AssetCheckResult(
+        asset_key="audio_files",
+        check_name="one_row_per_landed_file",
+        passed=len(ids) == len(set(ids)) and not missing and not unknown,
+        metadata={"rows": len(ids), "duplicate_ids": len(ids) - len(set(ids)),
+                  "missing_files": len(missing), "unknown_statuses": len(unknown)},
+    )  # fmt: skip
+
+    transcripts = tables["transcripts"].select(["file_id", "text"]).to_pylist()
+    transcript_ids = [row["file_id"] for row in transcripts]
     expected = {row["file_id"] for row in files if row["status"] != STATUS_FAILED}
-    return dg.AssetCheckResult(
+    yield dg.AssetCheckResult(
+        asset_key="transcripts",
+        check_name="one_row_per_transcribed_file",
         passed=set(transcript_ids) == expected and len(transcript_ids) == len(expected),
         metadata={"rows": len(transcript_ids), "expected": len(expected)},
     )
 
-
-@dg.asset_check(asset="transcripts")
-def transcripts_have_text_where_speech(
-    context: dg.AssetCheckExecutionContext, storage: StorageResource
-) -> dg.AssetCheckResult:
-    """Files with status ok have non-empty text (warns: the model may fairly hear nothing)."""
-    table = _read(storage, "transcripts", context.partition_key)
-    files = _read(storage, "audio_files", context.partition_key)
-    ok_ids = set(files.filter(pc.equal(files["status"], STATUS_OK)).column("file_id").to_pylist())
-    empty = [
-        row["file_id"]
-        for row in table.select(["file_id", "text"]).to_pylist()
-        if row["file_id"] in ok_ids and not row["text"].strip()
-    ]
-    return dg.AssetCheckResult(
+    ok_ids = {row["file_id"] for row in files if row["status"] == STATUS_OK}
+    empty = [r["file_id"] for r in transcripts if r["file_id"] in ok_ids and not r["text"].strip()]
+    yield dg.AssetCheckResult(
+        asset_key="transcripts",
+        check_name="text_where_speech",
         passed=not empty,
-        severity=dg.AssetCheckSeverity.WARN,
         metadata={"empty_ok_transcripts": len(empty), "examples": ", ".join(empty[:5])},
     )
 
-
-def _schema_check(table: str):
-    @dg.asset_check(asset=table, name=f"{table}_schema_matches_contract")
-    def check(context: dg.AssetCheckExecutionContext, storage: StorageResource):
-        schema = _read(storage, table, context.partition_key).schema
-        expected = TABLE_SCHEMAS[table]
-        differences = (
-            [
-                f"{field.name}: {field.type}"
-                for field in expected
-                if schema.field(field.name).type != field.type
-            ]
-            if set(expected.names) <= set(schema.names)
-            else ["missing columns"]
+    for name, schema in TABLE_SCHEMAS.items():
+        differences = _schema_differences(tables[name], schema)
+        yield dg.AssetCheckResult(
+            asset_key=name,
+            check_name="schema_matches_contract",
+            passed=not differences,
+            metadata={"differences": "; ".join(differences) or "none"},
         )
-        return dg.AssetCheckResult(
-            passed=not differences and schema.names == expected.names,
-            metadata={"columns": ", ".join(schema.names), "differences": "; ".join(differences)},
-        )
-
-    check.__doc__ = f"The ``{table}`` partition has exactly the documented columns and types."
-    return check
-
-
-schema_checks = [_schema_check(table) for table in TABLE_SCHEMAS]
-
-all_checks = [
-    audio_files_one_row_per_landed_file,
-    transcripts_one_row_per_transcribed_file,
-    transcripts_have_text_where_speech,
-    *schema_checks,
-]

@@ -7,7 +7,7 @@ import dagster as dg
 
 from whisper_pipeline.assets.manifest import audio_manifest
 from whisper_pipeline.assets.transcription import ACCELERATOR_TAG_KEY, transcript_tables
-from whisper_pipeline.checks import all_checks
+from whisper_pipeline.checks import transcript_table_checks
 from whisper_pipeline.io_managers import PartitionedParquetIOManager
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.schedules import nightly_transcription_schedule, transcribe_partition_job
@@ -36,7 +36,7 @@ resources = {
 
 defs = dg.Definitions(
     assets=[audio_manifest, transcript_tables],
-    asset_checks=all_checks,
+    asset_checks=[transcript_table_checks],
     jobs=[transcribe_partition_job],
     schedules=[nightly_transcription_schedule],
     resources=resources,
