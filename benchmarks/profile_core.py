@@ -1,0 +1,89 @@
+"""Where the in-process core spends its time on the corpus: decode/VAD/features, encode, generate.
+
+    python benchmarks/profile_core.py [--batch-size 8]
+
+Wraps the model's ``encode`` and CTranslate2 ``generate`` with timers and counts rows decoded at
+temperature 0 and in temperature fallback. Prints a Markdown table.
+"""
+
+import argparse
+import csv
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from faster_whisper import WhisperModel
+
+from whisper_pipeline.core import audio
+from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput, DecodingOptions
+from whisper_pipeline.core.chunking import log_mel, split_speech
+from whisper_pipeline.resources.whisper import bundled_model_path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+class Timed:
+    """Forwards attribute access, timing calls of the named methods into ``totals``."""
+
+    def __init__(self, target, totals: dict, names: tuple[str, ...]):
+        self._target, self._totals, self._names = target, totals, names
+
+    def __getattr__(self, name):
+        value = getattr(self._target, name)
+        if name not in self._names:
+            return value
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            result = value(*args, **kwargs)
+            key = (
+                f"{name} (T={kwargs.get('sampling_temperature', 0.0)})"
+                if name == "generate"
+                else name
+            )
+            self._totals[key] += time.perf_counter() - started
+            self._totals[f"{key} rows"] += len(args[1]) if name == "generate" else 0
+            return result
+
+        return timed
+
+
+def main() -> None:
+    """Profile the core on every corpus file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    corpus = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared/corpus"))
+    with open(corpus / "manifest.csv", newline="") as handle:
+        files = [row["file"] for row in csv.DictReader(handle)]
+    totals: dict = defaultdict(float)
+    started = time.perf_counter()
+    model = WhisperModel(bundled_model_path(), device="cpu", compute_type="int8")
+    totals["model load"] = time.perf_counter() - started
+    inputs = []
+    started = time.perf_counter()
+    for name in files:
+        with open(corpus / name, "rb") as handle:
+            waveform = audio.normalize_peak(audio.decode(handle))
+        for chunk in split_speech(waveform):
+            features = log_mel(model.feature_extractor, chunk.audio)
+            inputs.append(
+                ChunkInput((name, chunk.index), features, chunk.speech_starts, chunk.speech_ends)
+            )
+    totals["decode + VAD + log-mel"] = time.perf_counter() - started
+    model.model = Timed(model.model, totals, ("generate", "encode"))
+    transcriber = BatchTranscriber(model, DecodingOptions(batch_size=args.batch_size))
+    started = time.perf_counter()
+    transcriber.transcribe(inputs)
+    totals["transcribe (all)"] = time.perf_counter() - started
+    print(
+        f"{len(files)} files, {len(inputs)} chunks, {transcriber.generate_calls} generate calls\n"
+    )
+    print("| part | seconds | rows |\n|---|--:|--:|")
+    for key in sorted(k for k in totals if not k.endswith(" rows")):
+        print(f"| {key} | {totals[key]:.1f} | {int(totals.get(key + ' rows', 0)) or ''} |")
+
+
+if __name__ == "__main__":
+    main()
