@@ -66,6 +66,8 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from whisper_pipeline.commands import materialize_command
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPOSITORY / "benchmarks" / "out"
 PARTITION = "2026-11-20"
@@ -556,21 +558,7 @@ def run_dagster_cli(inputs: list[AudioInput], config: ModelConfig, log_path: Pat
         home.mkdir()
         shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
         env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
-        command = [
-            sys.executable,
-            "-m",
-            "dagster",
-            "asset",
-            "materialize",
-            "-m",
-            "whisper_pipeline.definitions",
-            "--select",
-            "*",
-            "--partition",
-            PARTITION,
-            "--config-json",
-            json.dumps(run_config),
-        ]
+        command = materialize_command(PARTITION, "--config-json", json.dumps(run_config))
         subreaper = become_subreaper()
         sampler = TreeMemorySampler()
         sampler.start()

@@ -12,11 +12,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from whisper_pipeline.commands import materialize_command
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PARTITION = "2026-11-20"
@@ -37,8 +38,7 @@ def run_once(method: str, landing_source: Path, work: Path) -> dict:
         OVERHEAD_START_METHOD=method,
         PYTHONPATH=str(REPOSITORY),
     )
-    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-               "benchmarks.overhead_defs", "--select", "*", "--partition", PARTITION]  # fmt: skip
+    command = materialize_command(PARTITION, module="benchmarks.overhead_defs")
     started = time.perf_counter()
     subprocess.run(command, env=env, cwd=REPOSITORY, check=True, capture_output=True)
     wall = time.perf_counter() - started

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import soundfile
 
+from whisper_pipeline.commands import materialize_command
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.resources.storage import DEFAULT_ROOT
 
@@ -97,19 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         write_sample_speech(landing)
 
     env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=root)
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "asset",
-        "materialize",
-        "-m",
-        "whisper_pipeline.definitions",
-        "--select",
-        "*",
-        "--partition",
-        args.partition,
-    ]
+    command = materialize_command(args.partition)
     completed = subprocess.run(command, env=env, check=False)
     if completed.returncode != 0:
         return completed.returncode

@@ -2,10 +2,11 @@ import csv
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from whisper_pipeline.commands import materialize_command
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus"))
@@ -58,20 +59,7 @@ def materialize_cli(
     """Materialize every asset of a partition through the Dagster CLI (multiprocess executor)."""
     env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dagster",
-            "asset",
-            "materialize",
-            "-m",
-            "whisper_pipeline.definitions",
-            "--select",
-            "*",
-            "--partition",
-            partition,
-            *extra_args,
-        ],
+        materialize_command(partition, *extra_args),
         env=env,
         cwd=REPOSITORY,
         capture_output=True,
