@@ -370,11 +370,26 @@ def run_sequential(inputs: list[AudioInput], config: ModelConfig) -> dict:
 
     started = time.perf_counter()
     model = load_model(config)
+    return transcribe_each(
+        inputs, lambda path: model.transcribe(path, beam_size=config.beam_size)[0], started
+    )
+
+
+def transcribe_each(inputs: list[AudioInput], transcribe, started: float) -> dict:
+    """Run a per-file faster-whisper ``transcribe`` over every input, consuming its segments.
+
+    Args:
+        inputs: The files.
+        transcribe: Called with a path; returns the segments generator.
+        started: ``time.perf_counter()`` taken before the model was loaded.
+
+    Returns:
+        ``texts`` (name to transcript), ``errors`` (name to message) and ``wall_s``.
+    """
     texts, errors = {}, {}
     for item in inputs:
         try:
-            segments, _ = model.transcribe(item.path, beam_size=config.beam_size)
-            texts[item.name] = " ".join(segment.text.strip() for segment in segments)
+            texts[item.name] = " ".join(s.text.strip() for s in transcribe(item.path))
         except Exception as error:  # noqa: BLE001 - recorded, the benchmark goes on
             texts[item.name], errors[item.name] = "", f"{type(error).__name__}: {error}"
     return {"texts": texts, "errors": errors, "wall_s": time.perf_counter() - started}
@@ -390,16 +405,13 @@ def run_batched_per_file(inputs: list[AudioInput], config: ModelConfig) -> dict:
 
     started = time.perf_counter()
     pipeline = BatchedInferencePipeline(load_model(config))
-    texts, errors = {}, {}
-    for item in inputs:
-        try:
-            segments, _ = pipeline.transcribe(
-                item.path, beam_size=config.beam_size, batch_size=config.batch_size
-            )
-            texts[item.name] = " ".join(segment.text.strip() for segment in segments)
-        except Exception as error:  # noqa: BLE001 - recorded, the benchmark goes on
-            texts[item.name], errors[item.name] = "", f"{type(error).__name__}: {error}"
-    return {"texts": texts, "errors": errors, "wall_s": time.perf_counter() - started}
+    return transcribe_each(
+        inputs,
+        lambda path: pipeline.transcribe(
+            path, beam_size=config.beam_size, batch_size=config.batch_size
+        )[0],
+        started,
+    )
 
 
 def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:

@@ -1,5 +1,6 @@
 import csv
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,6 +68,13 @@ def materialize_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def planned_and_cached(log: str) -> tuple[int, int]:
+    """(contents to transcribe, contents already cached) from ``plan_shards``' log line."""
+    match = re.search(r"(\d+) distinct contents to transcribe.*; (\d+) already cached", log)
+    assert match, "plan_shards did not log its plan"
+    return int(match.group(1)), int(match.group(2))
 
 
 def english_wer(references: list[str], hypotheses: list[str]) -> float:

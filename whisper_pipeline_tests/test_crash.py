@@ -17,7 +17,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
 
 from whisper_pipeline.assets.transcription import GPU_POOL
-from whisper_pipeline_tests.conftest import REPOSITORY, materialize_cli
+from whisper_pipeline_tests.conftest import REPOSITORY, materialize_cli, planned_and_cached
 
 PARTITION = "2026-11-19"
 
@@ -98,12 +98,7 @@ def test_sigkill_mid_transcription_then_rerun(corpus, tmp_path, home):
 
     second = materialize_cli(root, home, PARTITION)
     assert second.returncode == 0, second.stderr[-5000:]
-    planned, cached = map(
-        int,
-        re.search(
-            r"(\d+) distinct contents to transcribe.*; (\d+) already cached", second.stderr
-        ).groups(),
-    )
+    planned, cached = planned_and_cached(second.stderr)
     assert cached == cached_before_rerun > 0  # finished work is not redone
     assert planned + cached == len(list(landing.rglob("*"))) - 1  # every distinct file, once
 

@@ -1,6 +1,5 @@
 """Bad input, re-runs and crashes never lose or duplicate rows (through the real CLI)."""
 
-import re
 import shutil
 from pathlib import Path
 
@@ -9,7 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from whisper_pipeline_tests.conftest import REPOSITORY, english_wer, materialize_cli
+from whisper_pipeline_tests.conftest import (
+    REPOSITORY,
+    english_wer,
+    materialize_cli,
+    planned_and_cached,
+)
 from whisper_pipeline_tests.fixtures import SENTENCES, build_landing
 
 PARTITION = "2026-11-21"
@@ -88,12 +92,7 @@ def test_rerun_replaces_rows_and_reuses_cached_transcripts(awkward_run):
     again = materialize_cli(root, home, PARTITION)
     assert again.returncode == 0, again.stderr[-5000:]
     # Successes are cached; failures after the probe (the truncated files) are tried again.
-    planned, cached = map(
-        int,
-        re.search(
-            r"(\d+) distinct contents to transcribe.*; (\d+) already cached", again.stderr
-        ).groups(),
-    )
+    planned, cached = planned_and_cached(again.stderr)
     retried = {
         r["content_sha256"] for r in before.values() if r["status"] == "failed" and r["codec"]
     }

@@ -83,14 +83,12 @@ class ShardFeatures:
     Attributes:
         plan: The shard.
         n_mels: Mel bins per feature frame.
-        chunks: Number of <=30 s chunks.
         audio_s: Decoded audio in seconds.
         preprocess_s: Wall seconds the step spent decoding, VAD-splitting and featurizing.
     """
 
     plan: ShardPlan
     n_mels: int
-    chunks: int
     audio_s: float
     preprocess_s: float
 
@@ -278,7 +276,7 @@ def preprocess_shard(
         len(chunks),
         elapsed,
     )
-    return ShardFeatures(shard, extractor.mel_filters.shape[0], len(chunks), audio_s, elapsed)
+    return ShardFeatures(shard, extractor.mel_filters.shape[0], audio_s, elapsed)
 
 
 def _file_row(sha: str, duration, speech_s: float, status: str, error: str) -> dict:
