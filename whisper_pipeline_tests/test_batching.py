@@ -92,10 +92,10 @@ class PoisonedTranscriber(BatchTranscriber):
 
     poisoned = ("poison", 0)
 
-    def _decode_batch(self, batch):
+    def _first_pass(self, batch):
         if any(window.chunk.key == self.poisoned for window in batch):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return super()._decode_batch(batch)
+        return super()._first_pass(batch)
 
 
 def test_a_chunk_that_raises_in_the_model_fails_alone(model, inputs):
@@ -117,3 +117,33 @@ def test_pad_features_zero_pads_to_3000_frames():
     batch = pad_features([np.ones((80, 10), np.float32), np.ones((80, 3000), np.float32)])
     assert batch.shape == (2, 80, 3000) and batch.dtype == np.float32
     assert batch[0, :, 10:].sum() == 0 and batch[0, :, :10].sum() == 800
+
+
+class CountingTranscriber(BatchTranscriber):
+    """Records ``(temperature, rows)`` of every ``generate`` call."""
+
+    def __init__(self, model, options):
+        super().__init__(model, options)
+        self.calls: list[tuple[float, int]] = []
+
+    def _generate(self, encoder_output, languages, temperature):
+        self.calls.append((temperature, len(languages)))
+        return super()._generate(encoder_output, languages, temperature)
+
+
+def test_fallback_rows_from_every_batch_share_generate_calls(model, inputs):
+    inputs = inputs[:5]
+    # An average log-probability threshold of 0 fails every speech row at every temperature.
+    options = DecodingOptions(batch_size=2, fallback_batch_size=len(inputs), log_prob_threshold=0)
+    transcriber = CountingTranscriber(model, options)
+    results = transcriber.transcribe(inputs)
+    first_round = transcriber.calls[: (len(inputs) + 1) // 2 + 5]
+    assert [rows for temperature, rows in first_round if temperature == 0] == [2] * (
+        len(inputs) // 2
+    ) + [1] * (len(inputs) % 2)
+    fallback = [(temperature, rows) for temperature, rows in first_round if temperature > 0]
+    # One call per fallback temperature, each holding rows from several first-pass batches.
+    assert [temperature for temperature, _ in fallback] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert all(rows > 2 for _, rows in fallback)
+    # When every temperature fails, the most likely candidate is kept: no chunk loses its text.
+    assert all(not r.error and " ".join(s.text for s in r.segments).strip() for r in results)

@@ -9,7 +9,10 @@ Quality follows faster-whisper's sequential ``WhisperModel.generate_with_fallbac
 text is too repetitive (gzip compression ratio > 2.4) or too unlikely (average log-probability
 < -1) is decoded again at the next temperature (0.2, 0.4, ... 1.0, sampling ``best_of`` = 5), and
 a row the model marks as silence (no-speech probability > 0.6 with average log-probability < -1)
-yields no text. The thresholds are OpenAI Whisper's ``transcribe()`` defaults.
+yields no text. The thresholds are OpenAI Whisper's ``transcribe()`` defaults. Rows that need
+fallback are collected from every batch of a round and re-decoded together, temperature by
+temperature, from their kept encoder output: a fallback ``generate`` call then has several rows
+instead of the one or two a single batch yields.
 
 Whisper often closes a window early (``... printing<|7.00|><|7.00|>`` then end-of-text) and
 leaves the rest for the next window; the sequential decoder "seeks" to the last timestamp and
@@ -47,6 +50,11 @@ MIN_SKIPPED_TAIL_FRAMES = 100
 N_FRAMES = CHUNK_LENGTH_S * 16000 // HOP_LENGTH
 """Frames in Whisper's fixed 30 s encoder window: 3000."""
 
+CPU_FALLBACK_BATCH = 4
+"""Rows per temperature-fallback ``generate`` call on CPU. Sampling ``best_of`` = 5 candidates
+per row makes each row five decoder rows; on 2 CPU cores (tiny.en, int8, 60 tokens) a row cost
+0.68 s alone, 0.31 s in a call of 4 and 0.44 s in a call of 8. On CUDA the batch size is used."""
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
@@ -65,7 +73,9 @@ class DecodingOptions:
         length_penalty: Beam-search length penalty exponent.
         max_initial_timestamp_s: Latest allowed first timestamp, in seconds.
         language: ISO 639-1 code; ``None`` detects the language per chunk (multilingual models).
-        batch_size: Chunks per ``generate`` call.
+        batch_size: Chunks per first-pass ``generate`` call.
+        fallback_batch_size: Rows per temperature-fallback call, gathered from every batch of
+            a round; ``None`` uses ``batch_size``, at most ``CPU_FALLBACK_BATCH`` on CPU.
     """
 
     beam_size: int = 5
@@ -78,9 +88,10 @@ class DecodingOptions:
     max_initial_timestamp_s: float = 1.0
     language: str | None = None
     batch_size: int = 16
+    fallback_batch_size: int | None = None
 
     def cache_key_fields(self) -> dict:
-        """The options that change the text (``batch_size`` does not), for result-cache keys."""
+        """The options that change the text (batch sizes do not), for result-cache keys."""
         return {
             "beam_size": self.beam_size,
             "best_of": self.best_of,
@@ -211,29 +222,6 @@ def length_sorted_batches(
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-class _RowSelector:
-    """Encoder output for a subset of a batch's rows, without re-running the encoder on CPU.
-
-    On CPU the batch's encoder output is sliced by row (identical values: profiling showed
-    re-encoding for temperature fallback took a third of the encoder time on the corpus). A
-    CUDA ``StorageView`` cannot be sliced without another array library, so there the rows are
-    encoded once and reused while the pending set stays the same.
-    """
-
-    def __init__(self, model: WhisperModel, features: np.ndarray, encoder_output):
-        self.model, self.features = model, features
-        self.host = np.array(encoder_output) if encoder_output.device == "cpu" else None
-        self.rows: list[int] = []
-        self.output = None
-
-    def select(self, rows: list[int]):
-        if self.host is not None:
-            return ctranslate2.StorageView.from_array(np.ascontiguousarray(self.host[rows]))
-        if rows != self.rows:
-            self.rows, self.output = list(rows), self.model.encode(self.features[rows])
-        return self.output
-
-
 @dataclass(frozen=True)
 class _Window:
     """The part of a chunk from ``offset`` frames on, still to be decoded."""
@@ -244,6 +232,24 @@ class _Window:
     @property
     def frames(self) -> int:
         return self.chunk.features.shape[-1] - self.offset
+
+    def features(self) -> np.ndarray:
+        return self.chunk.features[:, self.offset :]
+
+
+@dataclass
+class _Retry:
+    """A window whose first pass failed the quality checks, waiting for temperature fallback.
+
+    ``encoded`` is the row's encoder output copied to host memory on CPU (reused as is); on
+    CUDA it is ``None`` and the fallback batch is encoded again (a device ``StorageView`` cannot
+    be sliced by row without another array library).
+    """
+
+    window: _Window
+    language: tuple[str, float]
+    encoded: np.ndarray | None
+    candidates: list["_Decoded"]
 
 
 class BatchTranscriber:
@@ -289,71 +295,121 @@ class BatchTranscriber:
         results = {chunk.key: ChunkResult(key=chunk.key) for chunk in chunks}
         windows = [_Window(chunk, 0) for chunk in chunks]
         for _ in range(MAX_SEEK_ROUNDS):
-            following = []
+            following: list[_Window] = []
+            retries: list[_Retry] = []
             batches = length_sorted_batches(windows, self.options.batch_size, lambda w: w.frames)
             for batch in batches:
-                for window, outcome in zip(batch, self._decode_or_split(batch), strict=True):
-                    result = results[window.chunk.key]
-                    if isinstance(outcome, str):
-                        result.error, result.segments = outcome, []
-                        continue
-                    if result.error:
-                        continue
-                    decoded, (language, probability) = outcome
-                    if window.offset == 0:
-                        result.language, result.language_probability = language, probability
-                    continuation = self._add_segments(result, window, decoded)
-                    if continuation is not None:
-                        following.append(continuation)
+                for window, outcome in zip(
+                    batch, self._isolated(self._first_pass, batch), strict=True
+                ):
+                    if isinstance(outcome, _Retry):
+                        retries.append(outcome)
+                    else:
+                        following += self._finish(results[window.chunk.key], window, outcome)
                 if on_batch is not None:
                     on_batch(len(batch))
+            for retry, outcome in self._fallback(retries):
+                following += self._finish(results[retry.window.chunk.key], retry.window, outcome)
             windows = following
             if not windows:
                 break
         return [results[chunk.key] for chunk in chunks]
 
-    def _decode_or_split(self, batch: list[_Window]) -> list:
-        try:
-            return self._decode_batch(batch)
-        except Exception as error:  # noqa: BLE001 - any model error is isolated and recorded
-            if len(batch) == 1:
-                logger.warning("chunk %s failed in the model: %s", batch[0].chunk.key, error)
-                return [f"{type(error).__name__}: {error}"]
-            logger.warning("batch of %d failed (%s); splitting", len(batch), error)
-            middle = len(batch) // 2
-            return self._decode_or_split(batch[:middle]) + self._decode_or_split(batch[middle:])
+    def _finish(self, result: ChunkResult, window: _Window, outcome) -> list[_Window]:
+        """Record a window's outcome (decoded row or error); return its continuation, if any."""
+        if isinstance(outcome, str):
+            result.error, result.segments = outcome, []
+            return []
+        if result.error:
+            return []
+        decoded, (language, probability) = outcome
+        if window.offset == 0:
+            result.language, result.language_probability = language, probability
+        continuation = self._add_segments(result, window, decoded)
+        return [] if continuation is None else [continuation]
 
-    def _decode_batch(self, batch: list[_Window]) -> list[tuple[_Decoded, tuple[str, float]]]:
-        features = pad_features([w.chunk.features[:, w.offset :] for w in batch])
-        encoder_output = self.model.encode(features)
+    def _isolated(self, run: Callable[[list[T]], list], items: list[T]) -> list:
+        """``run(items)``, split in halves on an exception, down to single items.
+
+        A single item that still raises gets the error message as its outcome.
+        """
+        try:
+            return run(items)
+        except Exception as error:  # noqa: BLE001 - any model error is isolated and recorded
+            if len(items) == 1:
+                item = items[0]
+                window = item.window if isinstance(item, _Retry) else item
+                logger.warning("chunk %s failed in the model: %s", window.chunk.key, error)
+                return [f"{type(error).__name__}: {error}"]
+            logger.warning("batch of %d failed (%s); splitting", len(items), error)
+            middle = len(items) // 2
+            return self._isolated(run, items[:middle]) + self._isolated(run, items[middle:])
+
+    def _first_pass(self, batch: list[_Window]) -> list:
+        """Decode a batch at the first temperature.
+
+        Returns:
+            Per window, ``(decoded, (language, probability))``, or a ``_Retry`` when the row
+            failed the quality checks.
+        """
+        encoder_output = self.model.encode(pad_features([w.features() for w in batch]))
         languages = self._languages(encoder_output, len(batch))
         decoded = self._generate(encoder_output, languages, self.options.temperatures[0])
+        host = np.array(encoder_output) if encoder_output.device == "cpu" else None
+        outcomes = []
+        for row, (window, result) in enumerate(zip(batch, decoded, strict=True)):
+            if result.needs_fallback(self.options) and len(self.options.temperatures) > 1:
+                encoded = None if host is None else np.ascontiguousarray(host[row])
+                outcomes.append(_Retry(window, languages[row], encoded, [result]))
+            else:
+                outcomes.append((result, languages[row]))
+        return outcomes
 
-        # Temperature fallback, batched over the rows that still need it.
-        pending = [row for row, result in enumerate(decoded) if result.needs_fallback(self.options)]
-        candidates = {row: [decoded[row]] for row in pending}
-        rows_output = _RowSelector(self.model, features, encoder_output)
+    def _fallback(self, retries: list[_Retry]) -> list[tuple[_Retry, object]]:
+        """Temperature fallback for the rows of a whole round, several rows per call.
+
+        Returns:
+            ``(retry, outcome)`` for every retry: outcome is ``(decoded, language)`` or an
+            error message.
+        """
+        done: list[tuple[_Retry, object]] = []
+        pending = sorted(retries, key=lambda r: r.window.frames, reverse=True)
+        size = self.options.fallback_batch_size or self.options.batch_size
+        if self.options.fallback_batch_size is None and self.model.model.device == "cpu":
+            size = min(size, CPU_FALLBACK_BATCH)
         for temperature in self.options.temperatures[1:]:
-            if not pending:
-                break
-            sub_output = rows_output.select(pending)
-            retried = self._generate(sub_output, [languages[row] for row in pending], temperature)
             still_pending = []
-            for row, result in zip(pending, retried, strict=True):
-                candidates[row].append(result)
-                if result.needs_fallback(self.options):
-                    still_pending.append(row)
-                else:
-                    decoded[row] = result
+            for start in range(0, len(pending), size):
+                group = pending[start : start + size]
+
+                def run(items: list[_Retry], temperature=temperature) -> list[_Decoded]:
+                    if items[0].encoded is not None:
+                        stacked = np.stack([item.encoded for item in items])
+                        encoder_output = ctranslate2.StorageView.from_array(stacked)
+                    else:
+                        features = pad_features([item.window.features() for item in items])
+                        encoder_output = self.model.encode(features)
+                    languages = [item.language for item in items]
+                    return self._generate(encoder_output, languages, temperature)
+
+                for retry, outcome in zip(group, self._isolated(run, group), strict=True):
+                    if isinstance(outcome, str):
+                        done.append((retry, outcome))
+                        continue
+                    retry.candidates.append(outcome)
+                    if outcome.needs_fallback(self.options):
+                        still_pending.append(retry)
+                    else:
+                        done.append((retry, (outcome, retry.language)))
             pending = still_pending
         threshold = self.options.compression_ratio_threshold
-        for row in pending:
+        for retry in pending:
             # Every temperature failed: keep the most likely result that is not repetitive,
             # else the most likely of all (faster-whisper's rule).
-            tries = candidates[row]
-            below = [r for r in tries if r.compression_ratio <= threshold]
-            decoded[row] = max(below or tries, key=lambda r: r.avg_logprob)
-        return list(zip(decoded, languages, strict=True))
+            below = [r for r in retry.candidates if r.compression_ratio <= threshold]
+            best = max(below or retry.candidates, key=lambda r: r.avg_logprob)
+            done.append((retry, (best, retry.language)))
+        return done
 
     def _languages(self, encoder_output, batch_size: int) -> list[tuple[str, float]]:
         if self.fixed_language is not None:
