@@ -429,22 +429,24 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
     model = load_model(config)
     errors: dict[str, str] = {}
     chunk_inputs = []
-    for item in inputs:
-        try:
-            with open(item.path, "rb") as handle:
-                waveform = audio.decode(handle)
-        except audio.AudioError as error:
-            errors[item.name] = str(error)
-            continue
-        for chunk in split_speech(audio.normalize_peak(waveform)):
-            chunk_inputs.append(
-                ChunkInput(
-                    key=(item.name, chunk.index),
-                    features=log_mel(model.feature_extractor, chunk.audio),
-                    speech_starts=chunk.speech_starts,
-                    speech_ends=chunk.speech_ends,
+    with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch:
+        spool_path = os.path.join(scratch, "audio.s16")
+        for item in inputs:
+            try:
+                with open(item.path, "rb") as handle:
+                    decoded = audio.spool(handle, spool_path)
+            except audio.AudioError as error:
+                errors[item.name] = str(error)
+                continue
+            for chunk in split_speech(decoded.samples, decoded.scale()):
+                chunk_inputs.append(
+                    ChunkInput(
+                        key=(item.name, chunk.index),
+                        features=log_mel(model.feature_extractor, chunk.audio),
+                        speech_starts=chunk.speech_starts,
+                        speech_ends=chunk.speech_ends,
+                    )
                 )
-            )
     options = DecodingOptions(beam_size=config.beam_size, batch_size=config.batch_size)
     transcriber = BatchTranscriber(model, options)
     results = transcriber.transcribe(chunk_inputs)
@@ -599,6 +601,7 @@ def run_dagster_cli(inputs: list[AudioInput], config: ModelConfig, log_path: Pat
                 texts[row["relative_path"]] = by_id.get(row["file_id"], "")
                 if row["status"] == "failed":
                     errors[row["relative_path"]] = row["error"]
+        run_metadata = transcripts_metadata(home)
     return {
         "texts": texts,
         "errors": errors,
@@ -609,7 +612,30 @@ def run_dagster_cli(inputs: list[AudioInput], config: ModelConfig, log_path: Pat
         "tree_peak_pss_mib": sampler.peak_pss_mib,
         "sampled_max_process_rss_mib": sampler.peak_process_rss_mib,
         "max_processes": sampler.peak_processes,
+        **run_metadata,
     }
+
+
+RUN_METADATA = (
+    "transcription_idle_fraction",
+    "transcription_wait_seconds",
+    "transcription_window_seconds",
+    "preprocess_peak_rss_mib",
+    "transcribe_peak_rss_mib",
+)
+"""Metadata of the ``transcripts`` materialization the benchmark reports for method 4."""
+
+
+def transcripts_metadata(dagster_home: Path) -> dict:
+    """``RUN_METADATA`` values of the latest ``transcripts`` materialization in an instance."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("transcripts"))
+    if event is None or event.asset_materialization is None:
+        return {}
+    metadata = event.asset_materialization.metadata
+    return {key: metadata[key].value for key in RUN_METADATA if key in metadata}
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -768,6 +794,15 @@ def markdown_table(rows: list[dict]) -> str:
                 f"{row['tree_peak_pss_mib']:.0f} MiB PSS over up to {row['max_processes']} "
                 f"processes (sampled every 0.5 s; largest single process sampled at "
                 f"{row['sampled_max_process_rss_mib']:.0f} MiB RSS)."
+            )
+        if row["method"] == 4 and "transcription_idle_fraction" in row:
+            notes.append(
+                f"- {row['input_set']} / method 4: transcription op idle "
+                f"{row['transcription_idle_fraction']:.0%} of its "
+                f"{row['transcription_window_seconds']:.1f} s window (no transcription step "
+                f"running for {row['transcription_wait_seconds']:.1f} s of it); peak RSS per "
+                f"worker: preprocessing {row['preprocess_peak_rss_mib']} MiB, transcription "
+                f"{row['transcribe_peak_rss_mib']} MiB."
             )
     return "\n".join(lines + [""] + notes)
 

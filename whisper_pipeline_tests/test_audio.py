@@ -51,3 +51,30 @@ def test_normalize_peak_scales_quiet_audio_and_leaves_silence():
     assert np.max(np.abs(audio.normalize_peak(quiet))) == pytest.approx(0.95)
     silence = np.zeros(10, dtype=np.float32)
     assert not audio.normalize_peak(silence).any()
+
+
+@requires_corpus
+def test_spool_matches_whole_file_decode_and_faster_whisper(corpus, tmp_path):
+    from faster_whisper.audio import decode_audio
+
+    path = corpus / "long/mfa_two_talkers_stereo.wav"
+    with open(path, "rb") as handle:
+        spooled = audio.spool(handle, str(tmp_path / "audio.s16"))
+        handle.seek(0)
+        waveform = audio.decode(handle)
+    # Same samples as faster-whisper's own decoder, whichever way they are held.
+    np.testing.assert_array_equal(waveform, decode_audio(str(path)))
+    np.testing.assert_array_equal(spooled.samples * np.float32(audio.PCM16_SCALE), waveform)
+    assert spooled.samples.dtype == np.int16
+    assert spooled.duration_s == pytest.approx(waveform.shape[0] / audio.SAMPLE_RATE)
+    # The int16 scale is peak normalization: the loudest sample lands on 0.95.
+    normalized = np.abs(spooled.samples.astype(np.float32)) * np.float32(spooled.scale())
+    assert normalized.max() == pytest.approx(0.95)
+    np.testing.assert_allclose(
+        spooled.samples * np.float32(spooled.scale()), audio.normalize_peak(waveform), atol=1e-6
+    )
+
+
+def test_spool_of_unreadable_input_raises_audio_error(tmp_path):
+    with pytest.raises(audio.AudioError):
+        audio.spool(io.BytesIO(b"not audio" * 1000), str(tmp_path / "audio.s16"))

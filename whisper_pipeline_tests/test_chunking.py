@@ -1,3 +1,5 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -6,8 +8,10 @@ from whisper_pipeline.core.chunking import (
     CHUNK_LENGTH_S,
     chunk_time_map,
     pack_regions,
+    speech_regions,
     split_speech,
 )
+from whisper_pipeline_tests.conftest import requires_corpus
 
 
 @pytest.mark.parametrize(
@@ -32,15 +36,15 @@ def test_chunk_time_map_restores_removed_silence():
 
 
 def test_silence_and_noise_have_no_speech():
-    assert split_speech(np.zeros(16000 * 5, dtype=np.float32)) == []
+    assert list(split_speech(np.zeros(16000 * 5, dtype=np.float32))) == []
     noise = np.random.default_rng(0).normal(0, 0.01, 16000 * 5).astype(np.float32)
-    assert split_speech(noise) == []
+    assert list(split_speech(noise)) == []
 
 
 def test_long_recording_splits_into_chunks_of_at_most_30_s(corpus):
     with open(corpus / "long/ljs_seven_wonders.flac", "rb") as handle:
         waveform = audio.decode(handle)
-    chunks = split_speech(waveform)
+    chunks = list(split_speech(waveform))
     duration = waveform.shape[0] / audio.SAMPLE_RATE
     assert len(chunks) >= duration // CHUNK_LENGTH_S
     assert all(chunk.duration_s <= CHUNK_LENGTH_S for chunk in chunks)
@@ -49,3 +53,68 @@ def test_long_recording_splits_into_chunks_of_at_most_30_s(corpus):
     starts = [c.start_s for c in chunks]
     assert all(e <= s for e, s in zip(ends, starts[1:], strict=False))
     assert sum(c.duration_s for c in chunks) > 0.8 * duration
+
+
+def long_recording(corpus, path, minutes: float) -> None:
+    """Write a 16 kHz 16-bit WAV of real read speech, the corpus's long files looped."""
+    import wave
+
+    names = ["long/ljs_seven_wonders.flac", "long/ljs_fireside_chat.flac", "short/jfk.flac"]
+    pieces = []
+    for name in names:
+        with open(corpus / name, "rb") as handle:
+            pieces.append(np.concatenate(list(audio.decode_pcm16(handle))))
+    loop = np.concatenate(pieces)
+    repeats = int(np.ceil(minutes * 60 * audio.SAMPLE_RATE / loop.shape[0]))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(audio.SAMPLE_RATE)
+        for _ in range(repeats):
+            out.writeframes(loop.tobytes())
+
+
+@requires_corpus
+def test_blockwise_vad_finds_the_same_speech_as_one_pass(corpus):
+    with open(corpus / "long/voxconverse_aepyx_8k.wav", "rb") as handle:
+        waveform = audio.normalize_peak(audio.decode(handle))
+    one_pass = speech_regions(waveform)
+    blocks = speech_regions(waveform, block_s=40)
+    assert len(waveform) > 3 * 40 * audio.SAMPLE_RATE  # several block boundaries
+
+    def mask(regions):
+        covered = np.zeros(len(waveform), dtype=bool)
+        for region in regions:
+            covered[region["start"] : region["end"]] = True
+        return covered
+
+    # With context either side of each block, the regions barely move at block boundaries.
+    differing_s = np.count_nonzero(mask(one_pass) ^ mask(blocks)) / audio.SAMPLE_RATE
+    assert differing_s < 1.5
+    starts = [r["start"] for r in blocks]
+    assert starts == sorted(starts)
+    assert all(a["end"] <= b["start"] for a, b in zip(blocks, blocks[1:], strict=False))
+
+
+@requires_corpus
+def test_long_file_is_chunked_in_bounded_memory(corpus, tmp_path):
+    """A 20-minute file through spool + VAD + chunking never holds the whole waveform."""
+    source = tmp_path / "long.wav"
+    long_recording(corpus, source, minutes=20)
+    tracemalloc.start()
+    try:
+        with open(source, "rb") as handle:
+            decoded = audio.spool(handle, str(tmp_path / "audio.s16"))
+        chunks = 0
+        for chunk in split_speech(decoded.samples, decoded.scale(), block_s=60):
+            assert chunk.duration_s <= CHUNK_LENGTH_S
+            chunks += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    whole_waveform_bytes = decoded.samples.shape[0] * 4
+    assert decoded.duration_s >= 20 * 60
+    assert chunks >= decoded.duration_s * 0.8 // CHUNK_LENGTH_S
+    # numpy reports its buffers to tracemalloc: the peak is a few one-minute blocks, well under
+    # the 77 MB a float32 copy of the whole file takes.
+    assert peak < whole_waveform_bytes / 2, (peak, whole_waveform_bytes)

@@ -27,7 +27,7 @@ def corpus_run(corpus, tmp_path_factory):
         shutil.copytree(corpus / folder, landing / folder)
     completed = materialize_cli(root, home, PARTITION)
     assert completed.returncode == 0, completed.stderr[-5000:]
-    return root, completed.stderr
+    return root, completed.stderr, home
 
 
 def query(root, sql: str):
@@ -39,7 +39,7 @@ def query(root, sql: str):
 
 
 def test_every_corpus_file_is_transcribed(corpus_run):
-    root, _ = corpus_run
+    root, _, _ = corpus_run
     rows = query(root, "select relative_path, status, error from {audio_files}")
     assert sorted(path for path, _, _ in rows) == sorted(row["file"] for row in corpus_rows())
     language = {row["file"]: row["language"] for row in corpus_rows()}
@@ -61,7 +61,7 @@ def test_every_corpus_file_is_transcribed(corpus_run):
 
 
 def test_corpus_wer_is_within_bound(corpus_run):
-    root, _ = corpus_run
+    root, _, _ = corpus_run
     texts = dict(
         query(
             root,
@@ -75,7 +75,7 @@ def test_corpus_wer_is_within_bound(corpus_run):
 
 
 def test_segments_agree_with_transcripts(corpus_run):
-    root, _ = corpus_run
+    root, _, _ = corpus_run
     mismatched = query(
         root,
         """
@@ -91,10 +91,30 @@ def test_segments_agree_with_transcripts(corpus_run):
 
 
 def test_run_used_separate_step_processes_and_passed_its_checks(corpus_run):
-    _, log = corpus_run
+    _, log, _ = corpus_run
     step_pids = set(
         re.findall(r" - (\d+) - transcript_tables\.preprocess_shard\[\w+\] - STEP_START", log)
     )
     assert len(step_pids) >= 2, "preprocessing shards did not run in separate processes"
     passed = re.findall(r"Asset check '(\w+)' on '\w+' passed", log)
     assert len(passed) == 6 and "failed" not in " ".join(re.findall(r"Asset check .*", log))
+
+
+def test_run_reports_transcription_idle_fraction_and_peak_memory(corpus_run):
+    import dagster as dg
+
+    _, _, home = corpus_run
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("transcripts"))
+    metadata = {key: value.value for key, value in event.asset_materialization.metadata.items()}
+    window = metadata["transcription_window_seconds"]
+    # The window spans every transcription step; decoding fills part of it, never more.
+    assert window >= metadata["transcribe_seconds"] > 0
+    assert 0 <= metadata["transcription_idle_fraction"] < 1
+    assert metadata["transcription_idle_fraction"] == pytest.approx(
+        1 - metadata["transcribe_seconds"] / window, abs=0.01
+    )
+    assert 0 <= metadata["transcription_wait_seconds"] < window
+    # Each worker reports its own peak RSS: a model and its features, far below the machine.
+    assert 100 < metadata["transcribe_peak_rss_mib"] < 4096
+    assert 50 < metadata["preprocess_peak_rss_mib"] < 4096

@@ -1,5 +1,8 @@
 import math
+import os
 import posixpath
+import resource
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,12 +88,14 @@ class ShardFeatures:
         n_mels: Mel bins per feature frame.
         audio_s: Decoded audio in seconds.
         preprocess_s: Wall seconds the step spent decoding, VAD-splitting and featurizing.
+        peak_rss_mib: The step process's peak resident set size, MiB (``peak_rss_mib``).
     """
 
     plan: ShardPlan
     n_mels: int
     audio_s: float
     preprocess_s: float
+    peak_rss_mib: float
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,23 @@ class ShardTranscripts:
         transcribe_s: Wall seconds of batched decoding (model load excluded).
         model_load_s: Seconds spent loading the model in this step.
         generate_calls: CTranslate2 ``generate`` calls made (fallbacks and seeks included).
+        peak_rss_mib: The step process's peak resident set size, MiB (``peak_rss_mib``).
     """
 
     features: ShardFeatures
     transcribe_s: float
     model_load_s: float
     generate_calls: int
+    peak_rss_mib: float
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (``getrusage``; Linux reports KiB).
+
+    A step process forked from the executor's forkserver starts from the forkserver's size, so
+    this includes the preloaded modules.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class PlanShardsConfig(dg.Config):
@@ -226,26 +242,26 @@ def preprocess_shard(
     audio_s = 0.0
     features_path = posixpath.join(shard.shard_dir, "features.f32")
     store.fs.makedirs(shard.shard_dir, exist_ok=True)
-    with store.fs.open(features_path, "wb") as features_out:
+    with (
+        store.fs.open(features_path, "wb") as features_out,
+        tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as spool_dir,
+    ):
+        spool_path = os.path.join(spool_dir, "audio.s16")
         for sha, path, declared in shard.files:
             try:
                 with store.fs.open(path, "rb") as handle:
-                    waveform = audio.decode(handle)
+                    decoded = audio.spool(handle, spool_path)
             except audio.AudioError as error:
                 files.append(_file_row(sha, None, 0.0, STATUS_FAILED, str(error)))
                 continue
-            duration = waveform.shape[0] / audio.SAMPLE_RATE
+            duration = decoded.duration_s
             if declared and duration < TRUNCATION_RATIO * declared - 0.5:
                 error = f"truncated: decoded {duration:.2f} s of the {declared:.2f} s declared"
                 files.append(_file_row(sha, duration, 0.0, STATUS_FAILED, error))
                 continue
             audio_s += duration
-            speech = split_speech(audio.normalize_peak(waveform))
-            del waveform
-            speech_s = sum(chunk.duration_s for chunk in speech)
-            status = STATUS_OK if speech else STATUS_NO_SPEECH
-            files.append(_file_row(sha, duration, speech_s, status, ""))
-            for chunk in speech:
+            speech_s = 0.0
+            for chunk in split_speech(decoded.samples, decoded.scale()):
                 features = log_mel(extractor, chunk.audio)
                 features_out.write(np.ascontiguousarray(features.T, dtype=np.float32).tobytes())
                 chunks.append(
@@ -259,6 +275,10 @@ def preprocess_shard(
                     }
                 )
                 frame_offset += features.shape[1]
+                speech_s += chunk.duration_s
+            status = STATUS_OK if speech_s else STATUS_NO_SPEECH
+            files.append(_file_row(sha, duration, speech_s, status, ""))
+            del decoded
     store.write_parquet(
         posixpath.join(shard.shard_dir, "chunks.parquet"),
         pa.Table.from_pylist(chunks, schema=SHARD_CHUNKS),
@@ -268,15 +288,20 @@ def preprocess_shard(
         pa.Table.from_pylist(files, schema=SHARD_FILES),
     )
     elapsed = time.perf_counter() - started
+    peak = peak_rss_mib()
     context.log.info(
-        "shard %d: %d files, %.1f s audio -> %d chunks in %.1f s",
+        "shard %d: %d files, %.1f s audio -> %d chunks in %.1f s, peak RSS %.0f MiB",
         shard.index,
         len(shard.files),
         audio_s,
         len(chunks),
         elapsed,
+        peak,
     )
-    return ShardFeatures(shard, extractor.mel_filters.shape[0], audio_s, elapsed)
+    context.add_output_metadata(
+        {"audio_seconds": round(audio_s, 2), "chunks": len(chunks), "peak_rss_mib": round(peak)}
+    )
+    return ShardFeatures(shard, extractor.mel_filters.shape[0], audio_s, elapsed, peak)
 
 
 def _file_row(sha: str, duration, speech_s: float, status: str, error: str) -> dict:
@@ -289,12 +314,22 @@ def _file_row(sha: str, duration, speech_s: float, status: str, error: str) -> d
     }
 
 
-def load_chunk_inputs(store: Storage, shard: ShardFeatures) -> list[ChunkInput]:
-    """Read a preprocessed shard back as model inputs keyed ``(content_sha256, chunk_index)``."""
+def load_chunk_inputs(store: Storage, shard: ShardFeatures, local_dir: str) -> list[ChunkInput]:
+    """Read a preprocessed shard back as model inputs keyed ``(content_sha256, chunk_index)``.
+
+    The features are memory-mapped (downloaded into ``local_dir`` first from a remote store), so
+    a batch reads only its own chunks' frames and a long shard does not have to fit in memory.
+    """
     shard_dir = shard.plan.shard_dir
     chunks = store.read_parquet(posixpath.join(shard_dir, "chunks.parquet")).to_pylist()
-    raw = store.fs.cat_file(posixpath.join(shard_dir, "features.f32"))
-    frames = np.frombuffer(raw, dtype=np.float32).reshape(-1, shard.n_mels)
+    features_path = posixpath.join(shard_dir, "features.f32")
+    if not store.is_local:
+        local_path = os.path.join(local_dir, "features.f32")
+        store.fs.get_file(features_path, local_path)
+        features_path = local_path
+    if not chunks:
+        return []
+    frames = np.memmap(features_path, dtype=np.float32, mode="r").reshape(-1, shard.n_mels)
     return [
         ChunkInput(
             key=(row["content_sha256"], row["chunk_index"]),
@@ -352,9 +387,10 @@ def transcribe_shard(
     started = time.perf_counter()
     model = whisper.load()
     loaded = time.perf_counter()
-    inputs = load_chunk_inputs(store, shard)
-    transcriber = BatchTranscriber(model, whisper.decoding_options())
-    results = transcriber.transcribe(inputs)
+    with tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as local_dir:
+        inputs = load_chunk_inputs(store, shard, local_dir)
+        transcriber = BatchTranscriber(model, whisper.decoding_options())
+        results = transcriber.transcribe(inputs)
     finished = time.perf_counter()
     frames = {chunk.key: chunk.features.shape[-1] for chunk in inputs}
     files = store.read_parquet(posixpath.join(shard.plan.shard_dir, "files.parquet")).to_pylist()
@@ -362,16 +398,84 @@ def transcribe_shard(
     with ThreadPoolExecutor(RESULT_THREADS) as pool:
         list(pool.map(lambda result: write_result(store, shard.plan, result), assembled))
     decode_s = finished - loaded
+    peak = peak_rss_mib()
     context.log.info(
-        "shard %d: %d chunks, %.1f s audio in %.1f s (RTF %.3f), %d generate calls",
+        "shard %d: %d chunks, %.1f s audio in %.1f s (RTF %.3f), %d generate calls, "
+        "peak RSS %.0f MiB",
         shard.plan.index,
         len(inputs),
         shard.audio_s,
         decode_s,
         decode_s / max(shard.audio_s, 1e-9),
         transcriber.generate_calls,
+        peak,
     )
-    return ShardTranscripts(shard, decode_s, loaded - started, transcriber.generate_calls)
+    context.add_output_metadata(
+        {
+            "transcribe_seconds": round(decode_s, 2),
+            "model_load_seconds": round(loaded - started, 2),
+            "generate_calls": transcriber.generate_calls,
+            "peak_rss_mib": round(peak),
+        }
+    )
+    return ShardTranscripts(shard, decode_s, loaded - started, transcriber.generate_calls, peak)
+
+
+STEP_ENDS = (
+    dg.DagsterEventType.STEP_SUCCESS,
+    dg.DagsterEventType.STEP_FAILURE,
+    dg.DagsterEventType.STEP_UP_FOR_RETRY,
+)
+
+
+def step_intervals(instance: dg.DagsterInstance, run_id: str, op_name: str) -> list[tuple]:
+    """Wall-clock ``(start, end)`` epoch seconds of each attempt of an op's steps in a run.
+
+    Read from the run's event log (``STEP_START`` to success, failure or retry), so it covers
+    steps that ran in other processes. A step still running has no interval.
+    """
+    records = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, *STEP_ENDS})
+    starts: dict[str, float] = {}
+    intervals = []
+    for record in sorted(records, key=lambda r: r.timestamp):
+        step = record.step_key or ""
+        if step.rsplit(".", 1)[-1].split("[", 1)[0] != op_name:
+            continue
+        if record.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+            starts[step] = record.timestamp
+        elif step in starts:
+            intervals.append((starts.pop(step), record.timestamp))
+    return intervals
+
+
+def idle_metrics(intervals: list[tuple], busy_s: float) -> dict:
+    """How much of the transcription window the accelerator was not decoding.
+
+    The window runs from the first transcription step's start to the last one's end. Idle
+    time is the window less ``busy_s`` (seconds inside batched decoding, summed over steps):
+    waiting for preprocessing, step start-up, model loads, feature reads and result writes.
+
+    Args:
+        intervals: ``(start, end)`` epoch seconds of the transcription steps.
+        busy_s: Seconds spent in batched decoding across those steps.
+
+    Returns:
+        ``transcription_window_seconds``, ``transcription_idle_fraction`` (0 to 1) and
+        ``transcription_wait_seconds`` (window time with no transcription step running at all);
+        empty when there were no steps.
+    """
+    if not intervals:
+        return {}
+    window = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    covered, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        covered += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return {
+        "transcription_window_seconds": round(window, 2),
+        "transcription_idle_fraction": round(max(0.0, 1 - busy_s / window), 4) if window else 0.0,
+        "transcription_wait_seconds": round(window - covered, 2),
+    }
 
 
 def _preview(transcripts: pa.Table, rows: int = 5) -> str:
@@ -448,6 +552,14 @@ def write_tables(
             "preprocess_seconds": round(sum(s.features.preprocess_s for s in shards), 2),
             "model_load_seconds": round(sum(s.model_load_s for s in shards), 2),
             "generate_calls": sum(s.generate_calls for s in shards),
+            **idle_metrics(
+                step_intervals(context.instance, context.run_id, transcribe_shard.name),
+                transcribe_s,
+            ),
+            "preprocess_peak_rss_mib": round(
+                max((s.features.peak_rss_mib for s in shards), default=0)
+            ),
+            "transcribe_peak_rss_mib": round(max((s.peak_rss_mib for s in shards), default=0)),
             "shards": len(shards),
             "model": whisper.model_name,
             "compute_type": whisper.resolved_compute_type(),

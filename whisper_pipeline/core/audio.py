@@ -1,21 +1,31 @@
 """Find, fingerprint, probe and decode audio files.
 
-Decoding goes through faster-whisper's PyAV-based ``decode_audio`` (the same decoder the model's
-own ``transcribe`` uses), so any container and codec FFmpeg reads is accepted.
+Decoding follows faster-whisper's PyAV-based ``decode_audio`` (the decoder the model's own
+``transcribe`` uses, with its frame helpers), so any container and codec FFmpeg reads is
+accepted. It streams: ``spool`` writes 16-bit PCM to a local file block by block, so a two-hour
+recording is decoded in bounded memory and read back through a memory map.
 """
 
+import gc
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import av
 import numpy as np
-from faster_whisper.audio import decode_audio
+from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
 
 SAMPLE_RATE = 16000
 """Whisper's input rate in Hz (OpenAI Whisper ``audio.py``: ``SAMPLE_RATE = 16000``)."""
 
 HASH_BLOCK_BYTES = 1 << 20
+
+DECODE_GROUP_SAMPLES = 500_000
+"""Source samples FFmpeg frames are grouped into before resampling (faster-whisper's value)."""
+
+PCM16_SCALE = 1 / 32768
+"""Full-scale float per 16-bit PCM step: FFmpeg's s16 to flt conversion (and faster-whisper's)."""
 
 
 class AudioError(Exception):
@@ -97,28 +107,109 @@ def probe(stream: BinaryIO) -> ProbeResult:
         raise AudioError(f"not readable as audio: {error}") from error
 
 
-def decode(stream: BinaryIO) -> np.ndarray:
-    """Decode, downmix to mono and resample to 16 kHz.
+def decode_pcm16(stream: BinaryIO) -> Iterator[np.ndarray]:
+    """Decode, downmix to mono and resample to 16 kHz, block by block.
 
     Frames FFmpeg rejects are skipped (faster-whisper's ``_ignore_invalid_frames``), so one bad
-    frame does not lose the file.
+    frame does not lose the file. Memory is bounded by one group of ``DECODE_GROUP_SAMPLES``
+    source samples, whatever the file's length.
+
+    Args:
+        stream: A seekable binary file object.
+
+    Yields:
+        Consecutive mono blocks, shape ``(n,)``, dtype int16, at ``SAMPLE_RATE``.
+
+    Raises:
+        AudioError: FFmpeg cannot open or decode the stream.
+    """
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    try:
+        with av.open(stream, mode="r", metadata_errors="ignore") as container:
+            frames = _ignore_invalid_frames(container.decode(audio=0))
+            frames = _group_frames(frames, DECODE_GROUP_SAMPLES)
+            for frame in _resample_frames(frames, resampler):
+                yield frame.to_ndarray().reshape(-1)
+    except (av.error.FFmpegError, ValueError, IndexError) as error:
+        raise AudioError(f"decode failed: {error}") from error
+    finally:
+        # PyAV resampler objects are only freed by a collection (faster-whisper issue #390).
+        del resampler
+        gc.collect()
+
+
+def decode(stream: BinaryIO) -> np.ndarray:
+    """Decode a whole file into memory (short files, tests); see ``spool`` for long ones.
 
     Args:
         stream: A seekable binary file object.
 
     Returns:
-        Mono waveform, shape ``(n_samples,)``, dtype float32, range [-1, 1], at ``SAMPLE_RATE``.
+        Mono waveform, shape ``(n_samples,)``, dtype float32, range [-1, 1], at ``SAMPLE_RATE``;
+        the same samples as faster-whisper's ``decode_audio``.
 
     Raises:
         AudioError: FFmpeg cannot open or decode the stream, or decoding yields no samples.
     """
-    try:
-        audio = decode_audio(stream, sampling_rate=SAMPLE_RATE)
-    except (av.error.FFmpegError, ValueError, IndexError) as error:
-        raise AudioError(f"decode failed: {error}") from error
-    if audio.size == 0:
+    blocks = list(decode_pcm16(stream))
+    if not blocks or not sum(block.size for block in blocks):
         raise AudioError("decoding yielded no samples")
-    return audio
+    return np.concatenate(blocks).astype(np.float32) * np.float32(PCM16_SCALE)
+
+
+@dataclass(frozen=True)
+class SpooledAudio:
+    """A decoded file held as 16-bit PCM in a local file and read through a memory map.
+
+    Attributes:
+        samples: Mono samples, shape ``(n_samples,)``, dtype int16, 16 kHz, memory-mapped
+            read-only (pages are loaded on access, so slices cost only what they cover).
+        peak: Largest absolute sample, in int16 steps (0 to 32768).
+    """
+
+    samples: np.ndarray
+    peak: int
+
+    @property
+    def duration_s(self) -> float:
+        """Decoded duration in seconds."""
+        return self.samples.shape[0] / SAMPLE_RATE
+
+    def scale(self, peak: float = 0.95) -> float:
+        """Factor turning int16 samples into float samples peak-normalized to ``peak``.
+
+        Same result as ``normalize_peak(decode(...), peak)``: the int16 to float step
+        (``PCM16_SCALE``) times the peak gain; silence gets the plain int16 to float step.
+        """
+        if self.peak == 0:
+            return PCM16_SCALE
+        return peak / self.peak
+
+
+def spool(stream: BinaryIO, path: str) -> SpooledAudio:
+    """Decode a file to 16 kHz mono 16-bit PCM at ``path`` (a local file), in bounded memory.
+
+    Args:
+        stream: A seekable binary file object (local or fsspec).
+        path: Local file to write; overwritten. The caller deletes it when done.
+
+    Returns:
+        The spooled samples, memory-mapped, and their peak.
+
+    Raises:
+        AudioError: FFmpeg cannot open or decode the stream, or decoding yields no samples.
+    """
+    peak = 0
+    n_samples = 0
+    with open(path, "wb") as out:
+        for block in decode_pcm16(stream):
+            if block.size:
+                peak = max(peak, int(block.max()), -int(block.min()))
+                n_samples += block.size
+                out.write(block.tobytes())
+    if n_samples == 0:
+        raise AudioError("decoding yielded no samples")
+    return SpooledAudio(np.memmap(path, dtype=np.int16, mode="r"), peak)
 
 
 def normalize_peak(audio: np.ndarray, peak: float = 0.95) -> np.ndarray:

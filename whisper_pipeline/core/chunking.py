@@ -4,8 +4,13 @@ The split follows faster-whisper's batched-mode recipe (``BatchedInferencePipeli
 Silero VAD with ``max_speech_duration_s=30`` and ``min_silence_duration_ms=160``, then
 consecutive speech regions, silence removed, are packed into chunks of at most 30 s. Each chunk
 keeps its speech regions so chunk-local times map back to file times.
+
+Long recordings are VAD-scanned in blocks of ``VAD_BLOCK_S`` (with context either side), and
+chunk audio is sliced from the (memory-mapped) samples one chunk at a time, so memory does not
+grow with a file's length.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +24,16 @@ CHUNK_LENGTH_S = 30
 
 HOP_LENGTH = 160
 """STFT hop in samples: 10 ms at 16 kHz, so 100 feature frames per second (Whisper)."""
+
+VAD_BLOCK_S = 600
+"""Longest stretch (seconds) Silero VAD scans at once: about 150 MB of VAD working memory
+(faster-whisper copies and windows the whole input). Files up to this long get exactly
+faster-whisper's single-pass result."""
+
+VAD_CONTEXT_S = 35
+"""Audio (seconds) VAD also scans before and after each block. Regions are kept by the block
+their start falls in, so a region crossing a block end is seen whole (VAD caps regions at
+30 s, plus 0.4 s padding) and Silero's state has settled when a block's own audio begins."""
 
 
 @dataclass(frozen=True)
@@ -59,28 +74,77 @@ def default_vad_options() -> VadOptions:
     return VadOptions(max_speech_duration_s=CHUNK_LENGTH_S, min_silence_duration_ms=160)
 
 
-def split_speech(audio: np.ndarray, vad_options: VadOptions | None = None) -> list[SpeechChunk]:
-    """Find speech with Silero VAD and pack it into chunks of at most 30 s.
+def speech_regions(
+    samples: np.ndarray,
+    scale: float = 1.0,
+    vad_options: VadOptions | None = None,
+    block_s: float = VAD_BLOCK_S,
+) -> list[dict]:
+    """Speech regions of a recording, found by Silero VAD block by block.
+
+    Each block is scanned with ``VAD_CONTEXT_S`` of audio either side and keeps the regions
+    that start inside it, trimmed so they never overlap the previous block's last region. A
+    recording no longer than ``block_s`` gets exactly faster-whisper's single-pass regions.
 
     Args:
-        audio: Mono waveform, shape ``(n_samples,)``, float32, 16 kHz.
+        samples: Mono samples, shape ``(n_samples,)``, 16 kHz: float32, or int16 (a memory map
+            from ``audio.spool``); only one block is converted to float at a time.
+        scale: Factor from ``samples`` to float audio in [-1, 1] (e.g. ``SpooledAudio.scale()``).
         vad_options: Silero VAD parameters; defaults to ``default_vad_options()``.
+        block_s: Audio (seconds) each VAD pass keeps regions for.
 
     Returns:
-        The chunks in time order; an empty list when VAD finds no speech.
+        ``{"start": int, "end": int}`` sample ranges in file samples, in time order, not
+        overlapping, each at most ``max_speech_duration_s`` long.
     """
-    regions = get_speech_timestamps(audio, vad_options or default_vad_options())
-    chunks = []
+    options = vad_options or default_vad_options()
+    block = int(block_s * SAMPLE_RATE)
+    context = VAD_CONTEXT_S * SAMPLE_RATE
+    total = samples.shape[0]
+    regions: list[dict] = []
+    for start in range(0, total, block):
+        end = min(start + block, total)
+        scan_start, scan_end = max(0, start - context), min(total, end + context)
+        scanned = np.asarray(samples[scan_start:scan_end], dtype=np.float32) * np.float32(scale)
+        for region in get_speech_timestamps(scanned, options):
+            first, last = region["start"] + scan_start, region["end"] + scan_start
+            if not start <= first < end:
+                continue
+            if regions:
+                first = max(first, regions[-1]["end"])
+            if last > first:
+                regions.append({"start": first, "end": last})
+    return regions
+
+
+def split_speech(
+    samples: np.ndarray,
+    scale: float = 1.0,
+    vad_options: VadOptions | None = None,
+    block_s: float = VAD_BLOCK_S,
+) -> Iterator[SpeechChunk]:
+    """Find speech with Silero VAD and pack it into chunks of at most 30 s, one at a time.
+
+    Args:
+        samples: Mono samples, shape ``(n_samples,)``, 16 kHz, float32 or int16 (see
+            ``speech_regions``).
+        scale: Factor from ``samples`` to float audio in [-1, 1].
+        vad_options: Silero VAD parameters; defaults to ``default_vad_options()``.
+        block_s: Longest stretch VAD scans at once, in seconds.
+
+    Yields:
+        The chunks in time order (none when VAD finds no speech); each chunk's audio is sliced
+        from ``samples`` when it is yielded.
+    """
+    regions = speech_regions(samples, scale, vad_options, block_s)
     for index, group in enumerate(pack_regions(regions, CHUNK_LENGTH_S * SAMPLE_RATE)):
-        chunks.append(
-            SpeechChunk(
-                index=index,
-                audio=np.concatenate([audio[r["start"] : r["end"]] for r in group]),
-                speech_starts=tuple(int(r["start"]) for r in group),
-                speech_ends=tuple(int(r["end"]) for r in group),
-            )
+        pieces = [np.asarray(samples[r["start"] : r["end"]], dtype=np.float32) for r in group]
+        yield SpeechChunk(
+            index=index,
+            audio=np.concatenate(pieces) * np.float32(scale),
+            speech_starts=tuple(int(r["start"]) for r in group),
+            speech_ends=tuple(int(r["end"]) for r in group),
         )
-    return chunks
 
 
 def pack_regions(regions: list[dict], max_samples: int) -> list[list[dict]]:
