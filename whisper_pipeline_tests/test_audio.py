@@ -64,14 +64,17 @@ def test_spool_matches_whole_file_decode_and_faster_whisper(corpus, tmp_path):
         waveform = audio.decode(handle)
     # Same samples as faster-whisper's own decoder, whichever way they are held.
     np.testing.assert_array_equal(waveform, decode_audio(str(path)))
-    np.testing.assert_array_equal(spooled.samples * np.float32(audio.PCM16_SCALE), waveform)
-    assert spooled.samples.dtype == np.int16
+    samples = spooled.samples[:]
+    np.testing.assert_array_equal(samples * np.float32(audio.PCM16_SCALE), waveform)
+    assert (
+        samples.dtype == np.int16 and spooled.samples[100:110].tolist() == samples[100:110].tolist()
+    )
     assert spooled.duration_s == pytest.approx(waveform.shape[0] / audio.SAMPLE_RATE)
     # The int16 scale is peak normalization: the loudest sample lands on 0.95.
-    normalized = np.abs(spooled.samples.astype(np.float32)) * np.float32(spooled.scale())
+    normalized = np.abs(samples.astype(np.float32)) * np.float32(spooled.scale())
     assert normalized.max() == pytest.approx(0.95)
     np.testing.assert_allclose(
-        spooled.samples * np.float32(spooled.scale()), audio.normalize_peak(waveform), atol=1e-6
+        samples * np.float32(spooled.scale()), audio.normalize_peak(waveform), atol=1e-6
     )
 
 

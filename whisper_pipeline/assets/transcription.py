@@ -229,6 +229,11 @@ def preprocess_shard(
     A file that cannot be decoded, decodes to no samples, or decodes to much less than its
     header declares (a truncated upload) is recorded as failed with the reason.
 
+    Memory does not grow with a file's length: each file is decoded into a local 16-bit PCM
+    spool (``audio.spool``), VAD-scanned in blocks and sliced one chunk at a time
+    (``chunking.split_speech``); features go straight to storage. The step's peak RSS is in
+    its output metadata.
+
     Writes to the shard's staging folder: ``features.f32`` (every chunk's log-mel frames,
     float32, row-major ``(frames, n_mels)``), ``chunks.parquet`` (where each chunk's frames are,
     and its speech regions in file samples) and ``files.parquet`` (per file: decoded duration,

@@ -3,7 +3,7 @@
 Decoding follows faster-whisper's PyAV-based ``decode_audio`` (the decoder the model's own
 ``transcribe`` uses, with its frame helpers), so any container and codec FFmpeg reads is
 accepted. It streams: ``spool`` writes 16-bit PCM to a local file block by block, so a two-hour
-recording is decoded in bounded memory and read back through a memory map.
+recording is decoded in bounded memory and read back a slice at a time.
 """
 
 import gc
@@ -157,17 +157,56 @@ def decode(stream: BinaryIO) -> np.ndarray:
     return np.concatenate(blocks).astype(np.float32) * np.float32(PCM16_SCALE)
 
 
+class PcmFile:
+    """Mono 16-bit PCM samples in a local file, read slice by slice.
+
+    Slices are plain file reads rather than a memory map, so samples already read do not stay
+    in the process's resident set (a map's touched pages count towards RSS until unmapped).
+
+    Args:
+        path: The raw PCM file (native-endian int16, no header).
+        n_samples: Samples in the file.
+    """
+
+    dtype = np.dtype(np.int16)
+
+    def __init__(self, path: str, n_samples: int):
+        self.path, self.n_samples = path, n_samples
+
+    @property
+    def shape(self) -> tuple[int]:
+        """``(n_samples,)``, like a 1-D array."""
+        return (self.n_samples,)
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        """Samples ``index`` (a slice with step 1) as an int16 array of shape ``(n,)``.
+
+        Raises:
+            TypeError: ``index`` is not a slice with step 1.
+        """
+        if not isinstance(index, slice):
+            raise TypeError("PcmFile supports slices only")
+        start, stop, step = index.indices(self.n_samples)
+        if step != 1:
+            raise TypeError("PcmFile supports slices with step 1 only")
+        count = max(0, stop - start)
+        return np.fromfile(self.path, dtype=self.dtype, count=count, offset=start * 2)
+
+
 @dataclass(frozen=True)
 class SpooledAudio:
-    """A decoded file held as 16-bit PCM in a local file and read through a memory map.
+    """A decoded file held as 16-bit PCM in a local file.
 
     Attributes:
-        samples: Mono samples, shape ``(n_samples,)``, dtype int16, 16 kHz, memory-mapped
-            read-only (pages are loaded on access, so slices cost only what they cover).
+        samples: Mono samples, 16 kHz, int16, shape ``(n_samples,)``; sliced like an array
+            (``samples[a:b]``) with each slice read from the file.
         peak: Largest absolute sample, in int16 steps (0 to 32768).
     """
 
-    samples: np.ndarray
+    samples: PcmFile
     peak: int
 
     @property
@@ -194,7 +233,7 @@ def spool(stream: BinaryIO, path: str) -> SpooledAudio:
         path: Local file to write; overwritten. The caller deletes it when done.
 
     Returns:
-        The spooled samples, memory-mapped, and their peak.
+        The spooled samples and their peak.
 
     Raises:
         AudioError: FFmpeg cannot open or decode the stream, or decoding yields no samples.
@@ -209,7 +248,7 @@ def spool(stream: BinaryIO, path: str) -> SpooledAudio:
                 out.write(block.tobytes())
     if n_samples == 0:
         raise AudioError("decoding yielded no samples")
-    return SpooledAudio(np.memmap(path, dtype=np.int16, mode="r"), peak)
+    return SpooledAudio(PcmFile(path, n_samples), peak)
 
 
 def normalize_peak(audio: np.ndarray, peak: float = 0.95) -> np.ndarray:

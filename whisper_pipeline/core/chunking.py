@@ -6,8 +6,8 @@ consecutive speech regions, silence removed, are packed into chunks of at most 3
 keeps its speech regions so chunk-local times map back to file times.
 
 Long recordings are VAD-scanned in blocks of ``VAD_BLOCK_S`` (with context either side), and
-chunk audio is sliced from the (memory-mapped) samples one chunk at a time, so memory does not
-grow with a file's length.
+chunk audio is sliced from the (spooled) samples one chunk at a time, so memory does not grow
+with a file's length.
 """
 
 from collections.abc import Iterator
@@ -25,10 +25,12 @@ CHUNK_LENGTH_S = 30
 HOP_LENGTH = 160
 """STFT hop in samples: 10 ms at 16 kHz, so 100 feature frames per second (Whisper)."""
 
-VAD_BLOCK_S = 600
-"""Longest stretch (seconds) Silero VAD scans at once: about 150 MB of VAD working memory
-(faster-whisper copies and windows the whole input). Files up to this long get exactly
-faster-whisper's single-pass result."""
+VAD_BLOCK_S = 300
+"""Audio (seconds) one Silero VAD pass keeps regions for. faster-whisper's VAD copies and
+windows its whole input (about 0.3 MB per second scanned); with the context either side a pass
+scans 370 s, so preprocessing a 2-hour file peaks at 355 MiB RSS against 2126 MiB for one pass
+over the whole file (``benchmarks/long_file_memory.py``). Files up to this long get exactly
+faster-whisper's single-pass regions."""
 
 VAD_CONTEXT_S = 35
 """Audio (seconds) VAD also scans before and after each block. Regions are kept by the block
@@ -87,8 +89,9 @@ def speech_regions(
     recording no longer than ``block_s`` gets exactly faster-whisper's single-pass regions.
 
     Args:
-        samples: Mono samples, shape ``(n_samples,)``, 16 kHz: float32, or int16 (a memory map
-            from ``audio.spool``); only one block is converted to float at a time.
+        samples: Mono samples, shape ``(n_samples,)``, 16 kHz: a float32 array, or int16
+            ``audio.PcmFile`` from ``audio.spool``; only one block is read and converted to
+            float at a time.
         scale: Factor from ``samples`` to float audio in [-1, 1] (e.g. ``SpooledAudio.scale()``).
         vad_options: Silero VAD parameters; defaults to ``default_vad_options()``.
         block_s: Audio (seconds) each VAD pass keeps regions for.
