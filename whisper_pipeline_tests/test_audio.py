@@ -81,3 +81,23 @@ def test_spool_matches_whole_file_decode_and_faster_whisper(corpus, tmp_path):
 def test_spool_of_unreadable_input_raises_audio_error(tmp_path):
     with pytest.raises(audio.AudioError):
         audio.spool(io.BytesIO(b"not audio" * 1000), str(tmp_path / "audio.s16"))
+
+
+@requires_corpus
+def test_decoding_leaves_no_resampler_for_the_garbage_collector(corpus):
+    # decode_pcm16 no longer runs gc.collect() after each file; that is only safe while PyAV
+    # frees a resampler by reference counting, without a reference cycle left to collect.
+    import gc
+
+    import av
+
+    gc.collect()
+    gc.disable()
+    try:
+        for name in ("formats/hotwords_44k_stereo.mp3", "short/lj001_0013.wav"):
+            with open(corpus / name, "rb") as handle:
+                assert sum(block.size for block in audio.decode_pcm16(handle)) > 0
+        left = [o for o in gc.get_objects() if isinstance(o, av.audio.resampler.AudioResampler)]
+    finally:
+        gc.enable()
+    assert not left, f"{len(left)} resamplers wait for a collection"
