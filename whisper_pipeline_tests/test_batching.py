@@ -147,3 +147,28 @@ def test_fallback_rows_from_every_batch_share_generate_calls(model, inputs):
     assert all(rows > 2 for _, rows in fallback)
     # When every temperature fails, the most likely candidate is kept: no chunk loses its text.
     assert all(not r.error and " ".join(s.text for s in r.segments).strip() for r in results)
+
+
+class ReencodingTranscriber(CountingTranscriber):
+    """Takes the CUDA path on CPU: fallback rows are encoded again instead of kept."""
+
+    def _host_copy(self, encoder_output):
+        return None
+
+
+def test_fallback_that_encodes_again_matches_fallback_from_kept_encoder_output(model, inputs):
+    import ctranslate2
+
+    inputs = inputs[:4]
+    options = DecodingOptions(batch_size=2, fallback_batch_size=4, log_prob_threshold=-0.3)
+    runs = []
+    for transcriber in (CountingTranscriber(model, options), ReencodingTranscriber(model, options)):
+        ctranslate2.set_random_seed(7)
+        runs.append((transcriber.transcribe(inputs), transcriber.calls))
+    (kept, kept_calls), (again, again_calls) = runs
+    assert any(temperature > 0 for temperature, _ in kept_calls), "no row fell back"
+    assert again_calls == kept_calls
+    for field in ("text", "temperature"):
+        assert [[getattr(s, field) for s in r.segments] for r in again] == [
+            [getattr(s, field) for s in r.segments] for r in kept
+        ]

@@ -355,7 +355,7 @@ class BatchTranscriber:
         encoder_output = self.model.encode(pad_features([w.features() for w in batch]))
         languages = self._languages(encoder_output, len(batch))
         decoded = self._generate(encoder_output, languages, self.options.temperatures[0])
-        host = np.array(encoder_output) if encoder_output.device == "cpu" else None
+        host = self._host_copy(encoder_output)
         outcomes = []
         for row, (window, result) in enumerate(zip(batch, decoded, strict=True)):
             if result.needs_fallback(self.options) and len(self.options.temperatures) > 1:
@@ -364,6 +364,10 @@ class BatchTranscriber:
             else:
                 outcomes.append((result, languages[row]))
         return outcomes
+
+    def _host_copy(self, encoder_output) -> np.ndarray | None:
+        """The encoder output as a host array, kept for fallback; ``None`` on CUDA."""
+        return np.array(encoder_output) if encoder_output.device == "cpu" else None
 
     def _fallback(self, retries: list[_Retry]) -> list[tuple[_Retry, object]]:
         """Temperature fallback for the rows of a whole round, several rows per call.
