@@ -7,8 +7,8 @@ speech: the corpus's long English files looped, 44.1 kHz stereo MP3 at 64 kbit/s
 also resamples and downmixes. Then, each in a fresh process, preprocesses it two ways and
 reports wall seconds, chunks and the process's peak RSS:
 
-1. ``whole-file``: faster-whisper's ``decode_audio`` into one array, peak normalization,
-   Silero VAD over the whole array, then log-mel features per chunk (the usual in-memory way,
+1. ``whole-file``: faster-whisper's ``decode_audio`` into one array, peak normalization for
+   VAD, Silero VAD over the whole array, then log-mel features per chunk (the usual in-memory way,
    as ``WhisperModel.transcribe`` and ``BatchedInferencePipeline`` hold a file);
 2. ``streaming``: this project's ``audio.spool`` (16-bit PCM to a local file, block by block),
    block-wise VAD and per-chunk slicing (``chunking.split_speech``), then the same features.
@@ -92,8 +92,12 @@ def whole_file(path: Path, features_out) -> tuple[float, int]:
     from whisper_pipeline.core.chunking import log_mel, pack_regions, speech_regions
 
     extractor = FeatureExtractor()
-    waveform = audio.normalize_peak(decode_audio(str(path)))
-    regions = speech_regions(waveform, block_s=waveform.shape[0] / audio.SAMPLE_RATE + 1)
+    waveform = decode_audio(str(path))
+    regions = speech_regions(
+        waveform,
+        audio.peak_scale(waveform),
+        block_s=waveform.shape[0] / audio.SAMPLE_RATE + 1,
+    )
     chunks = 0
     for group in pack_regions(regions, 30 * audio.SAMPLE_RATE):
         chunk = np.concatenate([waveform[r["start"] : r["end"]] for r in group])
@@ -113,7 +117,8 @@ def streaming(path: Path, features_out) -> tuple[float, int]:
     chunks = 0
     with tempfile.TemporaryDirectory() as scratch, open(path, "rb") as handle:
         decoded = audio.spool(handle, os.path.join(scratch, "audio.s16"))
-        for chunk in split_speech(decoded.samples, decoded.scale()):
+        chunks_of_file = split_speech(decoded.samples, audio.PCM16_SCALE, vad_scale=decoded.scale())
+        for chunk in chunks_of_file:
             features_out.write(log_mel(extractor, chunk.audio).T.tobytes())
             chunks += 1
         return decoded.duration_s, chunks

@@ -65,8 +65,8 @@ def main() -> None:
     started = time.perf_counter()
     for name in files:
         with open(corpus / name, "rb") as handle:
-            waveform = audio.normalize_peak(audio.decode(handle))
-        for chunk in split_speech(waveform):
+            waveform = audio.decode(handle)
+        for chunk in split_speech(waveform, vad_scale=audio.peak_scale(waveform)):
             features = log_mel(model.feature_extractor, chunk.audio)
             inputs.append(
                 ChunkInput((name, chunk.index), features, chunk.speech_starts, chunk.speech_ends)

@@ -76,6 +76,7 @@ def test_spool_matches_whole_file_decode_and_faster_whisper(corpus, tmp_path):
     np.testing.assert_allclose(
         samples * np.float32(spooled.scale()), audio.normalize_peak(waveform), atol=1e-6
     )
+    assert spooled.scale() == pytest.approx(audio.peak_scale(waveform) * audio.PCM16_SCALE)
 
 
 def test_spool_of_unreadable_input_raises_audio_error(tmp_path):

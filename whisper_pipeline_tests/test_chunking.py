@@ -36,9 +36,25 @@ def test_chunk_time_map_restores_removed_silence():
 
 
 def test_silence_and_noise_have_no_speech():
-    assert list(split_speech(np.zeros(16000 * 5, dtype=np.float32))) == []
+    silence = np.zeros(16000 * 5, dtype=np.float32)
+    assert list(split_speech(silence, vad_scale=audio.peak_scale(silence))) == []
     noise = np.random.default_rng(0).normal(0, 0.01, 16000 * 5).astype(np.float32)
     assert list(split_speech(noise)) == []
+    # Peak-normalized for VAD, as the pipeline does: still no speech.
+    assert audio.peak_scale(noise) > 15
+    assert list(split_speech(noise, vad_scale=audio.peak_scale(noise))) == []
+
+
+@requires_corpus
+def test_chunks_keep_the_recorded_level_and_vad_sees_it_peak_normalized(corpus):
+    with open(corpus / "short/jfk.flac", "rb") as handle:
+        waveform = audio.decode(handle)
+    quiet = waveform * np.float32(0.02)  # about -40 dBFS peaks
+    chunks = list(split_speech(quiet, vad_scale=audio.peak_scale(quiet)))
+    loud = list(split_speech(waveform, vad_scale=audio.peak_scale(waveform)))
+    assert [c.speech_starts for c in chunks] == [c.speech_starts for c in loud] != []
+    for chunk, reference in zip(chunks, loud, strict=True):
+        np.testing.assert_allclose(chunk.audio, reference.audio * np.float32(0.02), atol=1e-7)
 
 
 def test_long_recording_splits_into_chunks_of_at_most_30_s(corpus):
@@ -106,7 +122,10 @@ def test_long_file_is_chunked_in_bounded_memory(corpus, tmp_path):
         with open(source, "rb") as handle:
             decoded = audio.spool(handle, str(tmp_path / "audio.s16"))
         chunks = 0
-        for chunk in split_speech(decoded.samples, decoded.scale(), block_s=60):
+        chunks_of_file = split_speech(
+            decoded.samples, audio.PCM16_SCALE, block_s=60, vad_scale=decoded.scale()
+        )
+        for chunk in chunks_of_file:
             assert chunk.duration_s <= CHUNK_LENGTH_S
             chunks += 1
         _, peak = tracemalloc.get_traced_memory()

@@ -224,7 +224,7 @@ def preprocess_shard(
     storage: StorageResource,
     whisper: WhisperModelResource,
 ) -> ShardFeatures:
-    """Decode, downmix, resample to 16 kHz, peak-normalize, VAD-split and featurize a shard.
+    """Decode, downmix, resample to 16 kHz, VAD-split and featurize a shard.
 
     A file that cannot be decoded, decodes to no samples, or decodes to much less than its
     header declares (a truncated upload) is recorded as failed with the reason.
@@ -266,7 +266,10 @@ def preprocess_shard(
                 continue
             audio_s += duration
             speech_s = 0.0
-            for chunk in split_speech(decoded.samples, decoded.scale()):
+            chunks_of_file = split_speech(
+                decoded.samples, audio.PCM16_SCALE, vad_scale=decoded.scale()
+            )
+            for chunk in chunks_of_file:
                 features = log_mel(extractor, chunk.audio)
                 features_out.write(np.ascontiguousarray(features.T, dtype=np.float32).tobytes())
                 chunks.append(

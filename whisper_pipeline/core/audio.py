@@ -223,6 +223,7 @@ class SpooledAudio:
 
         Same result as ``normalize_peak(decode(...), peak)``: the int16 to float step
         (``PCM16_SCALE``) times the peak gain; silence gets the plain int16 to float step.
+        This is the VAD's input scale (``chunking.split_speech``).
         """
         if self.peak == 0:
             return PCM16_SCALE
@@ -255,11 +256,23 @@ def spool(stream: BinaryIO, path: str) -> SpooledAudio:
     return SpooledAudio(PcmFile(path, n_samples), peak)
 
 
-def normalize_peak(audio: np.ndarray, peak: float = 0.95) -> np.ndarray:
-    """Scale a waveform so its largest absolute sample is ``peak``.
+def peak_scale(audio: np.ndarray, peak: float = 0.95) -> float:
+    """Factor that puts a waveform's largest absolute sample at ``peak`` (1.0 for silence).
 
-    Whisper's log-mel frontend is almost gain-invariant, but Silero VAD is not for very quiet
-    recordings; peak normalization lifts them without clipping.
+    Silero VAD is not gain-invariant: very quiet recordings need lifting before VAD, and
+    peak normalization lifts them without clipping. Whisper gets the recorded level
+    (``chunking.split_speech``).
+
+    Args:
+        audio: Waveform, shape ``(n_samples,)``, float32.
+        peak: Target peak in full-scale units (0, 1].
+    """
+    current = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return peak / current if current else 1.0
+
+
+def normalize_peak(audio: np.ndarray, peak: float = 0.95) -> np.ndarray:
+    """Scale a waveform so its largest absolute sample is ``peak`` (``peak_scale``).
 
     Args:
         audio: Waveform, shape ``(n_samples,)``, float32.
@@ -268,7 +281,7 @@ def normalize_peak(audio: np.ndarray, peak: float = 0.95) -> np.ndarray:
     Returns:
         A float32 array of the same shape; all-zero input is returned unchanged.
     """
-    current = float(np.max(np.abs(audio))) if audio.size else 0.0
-    if current == 0.0:
+    scale = peak_scale(audio, peak)
+    if scale == 1.0:
         return audio
-    return (audio * (peak / current)).astype(np.float32, copy=False)
+    return (audio * scale).astype(np.float32, copy=False)

@@ -23,8 +23,9 @@ from whisper_pipeline.core.schema import (
     TRANSCRIPTS,
 )
 
-PREPROCESSING_VERSION = "1"
-"""Bump when decoding, normalization, VAD or features change in a way that changes the text."""
+PREPROCESSING_VERSION = "2"
+"""Bump when decoding, normalization, VAD or features change in a way that changes the text.
+2: chunks at the recorded level (was: peak-normalized); VAD input still peak-normalized."""
 
 
 def options_key(model: str, compute_type: str, options: DecodingOptions) -> str:
