@@ -1,9 +1,16 @@
 """Where the in-process core spends its time on the corpus: decode/VAD/features, encode, generate.
 
     python benchmarks/profile_core.py [--batch-size 8]
+    python benchmarks/profile_core.py --parallelism 2x1,1x2 [--batch-size 8]
 
 Wraps the model's ``encode`` and CTranslate2 ``generate`` with timers and counts rows decoded at
-temperature 0 and in temperature fallback. Prints a Markdown table.
+temperature 0 and in temperature fallback (one CTranslate2 worker, CTranslate2's default
+threads). Prints a Markdown table.
+
+With ``--parallelism``, instead times the whole ``BatchTranscriber.transcribe`` of the same
+chunks (decoded and featurized once) under each ``THREADSxWORKERS`` setting, each with a freshly
+loaded model: CTranslate2 intra-op threads per worker times workers, one batch in flight per
+worker. Speed-ups are against the first setting in the same run.
 """
 
 import argparse
@@ -49,10 +56,34 @@ class Timed:
         return timed
 
 
+def compare_parallelism(inputs: list[ChunkInput], settings: str, batch_size: int) -> None:
+    """Print wall seconds of transcribing ``inputs`` under each ``THREADSxWORKERS`` setting."""
+    print(f"{len(inputs)} chunks, batch size {batch_size}\n")
+    print("| threads x workers | transcribe s | speed-up | generate calls |\n|---|--:|--:|--:|")
+    first = None
+    for setting in settings.split(","):
+        threads, workers = (int(part) for part in setting.lower().split("x"))
+        model = WhisperModel(
+            bundled_model_path(),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=threads,
+            num_workers=workers,
+        )
+        transcriber = BatchTranscriber(model, DecodingOptions(batch_size=batch_size))
+        started = time.perf_counter()
+        transcriber.transcribe(inputs)
+        wall = time.perf_counter() - started
+        first = first or wall
+        print(f"| {threads} x {workers} | {wall:.1f} | {first / wall:.2f}x | ", end="")
+        print(f"{transcriber.generate_calls} |")
+
+
 def main() -> None:
     """Profile the core on every corpus file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--parallelism", help="THREADSxWORKERS settings to compare, e.g. 2x1,1x2")
     args = parser.parse_args()
     corpus = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared/corpus"))
     with open(corpus / "manifest.csv", newline="") as handle:
@@ -72,6 +103,9 @@ def main() -> None:
                 ChunkInput((name, chunk.index), features, chunk.speech_starts, chunk.speech_ends)
             )
     totals["decode + VAD + log-mel"] = time.perf_counter() - started
+    if args.parallelism:
+        compare_parallelism(inputs, args.parallelism, args.batch_size)
+        return
     model.model = Timed(model.model, totals, ("generate", "encode"))
     transcriber = BatchTranscriber(model, DecodingOptions(batch_size=args.batch_size))
     started = time.perf_counter()

@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import re
 import shutil
@@ -68,6 +69,17 @@ def materialize_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def plan_config(**config) -> tuple[str, str]:
+    """CLI arguments (``--config-json``) setting the ``plan_shards`` op's config."""
+    ops = {"transcript_tables": {"ops": {"plan_shards": {"config": config}}}}
+    return ("--config-json", json.dumps({"ops": ops}))
+
+
+SHARDED = plan_config(min_audio_s_per_shard=300)
+"""Five minutes of audio per shard (the CUDA default): several shards on the corpus, so the
+tests exercise the fan-out that a CPU run of a small partition plans as one shard."""
 
 
 def planned_and_cached(log: str) -> tuple[int, int]:

@@ -17,7 +17,12 @@ from dagster import DagsterInstance, DagsterRunStatus
 from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
 
 from whisper_pipeline.assets.transcription import GPU_POOL
-from whisper_pipeline_tests.conftest import REPOSITORY, materialize_cli, planned_and_cached
+from whisper_pipeline_tests.conftest import (
+    REPOSITORY,
+    SHARDED,
+    materialize_cli,
+    planned_and_cached,
+)
 
 PARTITION = "2026-11-19"
 
@@ -53,7 +58,7 @@ def test_sigkill_mid_transcription_then_rerun(corpus, tmp_path, home):
     env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
     command = [
         sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-        "whisper_pipeline.definitions", "--select", "*", "--partition", PARTITION,
+        "whisper_pipeline.definitions", "--select", "*", "--partition", PARTITION, *SHARDED,
     ]  # fmt: skip
     with open(log_path, "w") as log:
         first = subprocess.Popen(

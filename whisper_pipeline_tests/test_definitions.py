@@ -56,3 +56,16 @@ def test_storage_touching_steps_retry_with_backoff():
     for name in ("plan_shards", "preprocess_shard", "transcribe_shard", "write_tables"):
         policy = ops[name].retry_policy
         assert policy.max_retries >= 3 and policy.backoff == dg.Backoff.EXPONENTIAL, name
+
+
+def test_shards_hold_more_audio_when_the_model_runs_on_cpu():
+    from whisper_pipeline.assets.transcription import (
+        CPU_MIN_AUDIO_S_PER_SHARD,
+        GPU_MIN_AUDIO_S_PER_SHARD,
+        PlanShardsConfig,
+    )
+
+    auto = PlanShardsConfig()
+    assert auto.audio_s_per_shard("cpu") == CPU_MIN_AUDIO_S_PER_SHARD == 1800
+    assert auto.audio_s_per_shard("cuda") == GPU_MIN_AUDIO_S_PER_SHARD == 300
+    assert PlanShardsConfig(min_audio_s_per_shard=60).audio_s_per_shard("cpu") == 60

@@ -6,7 +6,13 @@ import shutil
 import duckdb
 import pytest
 
-from whisper_pipeline_tests.conftest import REPOSITORY, corpus_rows, english_wer, materialize_cli
+from whisper_pipeline_tests.conftest import (
+    REPOSITORY,
+    SHARDED,
+    corpus_rows,
+    english_wer,
+    materialize_cli,
+)
 
 PARTITION = "2026-11-20"
 
@@ -25,7 +31,7 @@ def corpus_run(corpus, tmp_path_factory):
     landing = root / "raw" / PARTITION
     for folder in ("short", "long", "formats"):
         shutil.copytree(corpus / folder, landing / folder)
-    completed = materialize_cli(root, home, PARTITION)
+    completed = materialize_cli(root, home, PARTITION, extra_args=SHARDED)
     assert completed.returncode == 0, completed.stderr[-5000:]
     return root, completed.stderr, home
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,
     english_wer,
     materialize_cli,
+    plan_config,
     planned_and_cached,
 )
 from whisper_pipeline_tests.fixtures import SENTENCES, build_landing
@@ -118,13 +118,7 @@ def test_rerun_replaces_rows_and_reuses_cached_transcripts(awkward_run):
 
 def test_redo_transcribes_again(awkward_run, tmp_path):
     root, home, _, before = awkward_run
-    config = tmp_path / "redo.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"ops": {"transcript_tables": {"ops": {"plan_shards": {"config": {"redo": True}}}}}}
-        )
-    )
-    env_run = materialize_cli(root, home, PARTITION, extra_args=("-c", str(config)))
+    env_run = materialize_cli(root, home, PARTITION, extra_args=plan_config(redo=True))
     assert env_run.returncode == 0, env_run.stderr[-5000:]
     after = by_path(root)
     row = after["speech/plain.wav"]["transcript"]

@@ -126,20 +126,40 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+CPU_MIN_AUDIO_S_PER_SHARD = 1800.0
+"""Audio per shard when the model runs on CPU. There transcription is about 16 times slower
+than preprocessing (real-time factor 0.04 against 0.0025 on 2 cores), so overlapping them saves
+little, while every extra shard costs two step processes, a model load and emptier batches.
+The corpus partition (1212 s) took 55.7 s as 1 shard, 64.1 s as 2 and 66.8 s as 4 (same
+session, ``benchmarks/RESULTS.md``)."""
+
+GPU_MIN_AUDIO_S_PER_SHARD = 300.0
+"""Audio per shard when the model runs on CUDA, where transcription is about as fast as one
+core's preprocessing and shards must preprocess in parallel to keep the GPU busy."""
+
+
 class PlanShardsConfig(dg.Config):
     """How a partition is split for parallel preprocessing.
 
     Attributes:
         max_shards: Upper bound on shards, hence on preprocessing steps and model loads.
         min_audio_s_per_shard: Fewer shards for small partitions: each shard gets at least this
-            much audio (seconds), since every step costs a process start.
+            much audio (seconds), since every step costs a process start. 0 for auto:
+            ``CPU_MIN_AUDIO_S_PER_SHARD`` when the model runs on CPU, else
+            ``GPU_MIN_AUDIO_S_PER_SHARD``.
         redo: Transcribe every file again, even those with a cached result for the same
             content, model and options.
     """
 
     max_shards: int = 4
-    min_audio_s_per_shard: float = 300.0
+    min_audio_s_per_shard: float = 0.0
     redo: bool = False
+
+    def audio_s_per_shard(self, device: str) -> float:
+        """The least audio per shard in seconds, auto resolved for ``device`` (cpu/cuda)."""
+        if self.min_audio_s_per_shard > 0:
+            return self.min_audio_s_per_shard
+        return CPU_MIN_AUDIO_S_PER_SHARD if device == "cpu" else GPU_MIN_AUDIO_S_PER_SHARD
 
 
 def plan(files: list[tuple], shards: int) -> list[list[tuple]]:
@@ -202,7 +222,8 @@ def plan_shards(
         balance = row["duration_s"] or row["size_bytes"] / 16000
         pending[sha] = (sha, path, row["duration_s"], balance)
     total = sum(f[-1] for f in pending.values())
-    shards = max(1, min(config.max_shards, math.ceil(total / config.min_audio_s_per_shard)))
+    per_shard = config.audio_s_per_shard(whisper.resolved_device())
+    shards = max(1, min(config.max_shards, math.ceil(total / per_shard)))
     groups = plan(list(pending.values()), shards) if pending else []
     context.log.info(
         "%d distinct contents to transcribe (%.0f s of audio) in %d shards; %d already cached",
