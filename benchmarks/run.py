@@ -644,6 +644,7 @@ RUN_METADATA = (
     "transcription_idle_fraction",
     "transcription_wait_seconds",
     "transcription_window_seconds",
+    "transcription_start_delay_seconds",
     "preprocess_peak_rss_mib",
     "transcribe_peak_rss_mib",
 )
@@ -824,7 +825,9 @@ def markdown_table(rows: list[dict]) -> str:
                 f"- {row['input_set']} / method 4: transcription op idle "
                 f"{row['transcription_idle_fraction']:.0%} of its "
                 f"{row['transcription_window_seconds']:.1f} s window (no transcription step "
-                f"running for {row['transcription_wait_seconds']:.1f} s of it); peak RSS per "
+                f"running for {row['transcription_wait_seconds']:.1f} s of it; the first one "
+                f"started {row.get('transcription_start_delay_seconds', float('nan')):.1f} s "
+                f"after the run); peak RSS per "
                 f"worker: preprocessing {row['preprocess_peak_rss_mib']} MiB, transcription "
                 f"{row['transcribe_peak_rss_mib']} MiB."
             )

@@ -121,6 +121,8 @@ def test_run_reports_transcription_idle_fraction_and_peak_memory(corpus_run):
         1 - metadata["transcribe_seconds"] / window, abs=0.01
     )
     assert 0 <= metadata["transcription_wait_seconds"] < window
+    # The manifest, planning and the first shard's preprocessing come before the window.
+    assert 0 < metadata["transcription_start_delay_seconds"] < window
     # Each worker reports its own peak RSS: a model and its features, far below the machine.
     assert 100 < metadata["transcribe_peak_rss_mib"] < 4096
     assert 50 < metadata["preprocess_peak_rss_mib"] < 4096

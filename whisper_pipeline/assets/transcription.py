@@ -477,25 +477,30 @@ def step_intervals(instance: dg.DagsterInstance, run_id: str, op_name: str) -> l
     return intervals
 
 
-def idle_metrics(intervals: list[tuple], busy_s: float) -> dict:
+def idle_metrics(intervals: list[tuple], busy_s: float, run_started: float | None = None) -> dict:
     """How much of the transcription window the accelerator was not decoding.
 
     The window runs from the first transcription step's start to the last one's end. Idle
     time is the window less ``busy_s`` (seconds inside batched decoding, summed over steps):
     waiting for preprocessing, step start-up, model loads, feature reads and result writes.
+    What comes before the window (the manifest, planning, the first shard's preprocessing) is
+    reported apart, as the start delay.
 
     Args:
         intervals: ``(start, end)`` epoch seconds of the transcription steps.
         busy_s: Seconds spent in batched decoding across those steps.
+        run_started: Epoch seconds the run started (``RunStats.start_time``), if known.
 
     Returns:
-        ``transcription_window_seconds``, ``transcription_idle_fraction`` (0 to 1) and
-        ``transcription_wait_seconds`` (window time with no transcription step running at all);
-        empty when there were no steps.
+        ``transcription_window_seconds``, ``transcription_idle_fraction`` (0 to 1),
+        ``transcription_wait_seconds`` (window time with no transcription step running at all)
+        and, given ``run_started``, ``transcription_start_delay_seconds`` (run start to the
+        first transcription step's start); empty when there were no steps.
     """
     if not intervals:
         return {}
-    window = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    first_start = min(start for start, _ in intervals)
+    window = max(end for _, end in intervals) - first_start
     covered, reach = 0.0, -math.inf
     for start, end in sorted(intervals):
         covered += max(0.0, end - max(start, reach))
@@ -504,6 +509,11 @@ def idle_metrics(intervals: list[tuple], busy_s: float) -> dict:
         "transcription_window_seconds": round(window, 2),
         "transcription_idle_fraction": round(max(0.0, 1 - busy_s / window), 4) if window else 0.0,
         "transcription_wait_seconds": round(window - covered, 2),
+        **(
+            {"transcription_start_delay_seconds": round(first_start - run_started, 2)}
+            if run_started is not None
+            else {}
+        ),
     }
 
 
@@ -584,6 +594,7 @@ def write_tables(
             **idle_metrics(
                 step_intervals(context.instance, context.run_id, transcribe_shard.name),
                 transcribe_s,
+                context.instance.get_run_stats(context.run_id).start_time,
             ),
             "preprocess_peak_rss_mib": round(
                 max((s.features.peak_rss_mib for s in shards), default=0)
