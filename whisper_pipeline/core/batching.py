@@ -23,8 +23,8 @@ next round.
 The batches of a round (and the fallback calls of a temperature) are independent, so they are
 handed to as many threads as the model has CTranslate2 workers (``WhisperModel(num_workers=N)``
 replicates the model; ``generate`` releases the GIL). On a 2-core CPU two single-threaded
-workers decode 10-15% faster than one worker with two threads, whose small per-step matrix
-products do not keep both cores busy (``benchmarks/RESULTS.md``).
+workers transcribed the shared corpus 1.41x faster than one worker with two threads, whose
+small per-step matrix products do not keep both cores busy (``benchmarks/RESULTS.md``).
 """
 
 import logging
