@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,42 @@ def test_a_window_that_reaches_the_token_budget_is_continued_not_cut(model, inpu
     assert rows[1] > rows[0], "the budget never cut a window"
     references = list(free_text.values())
     assert english_wer(references, [tight_text[name] for name in free_text]) < 0.1
+
+
+def test_two_workers_decode_batches_concurrently_with_the_same_text(model, inputs):
+    from faster_whisper import WhisperModel
+
+    from whisper_pipeline.resources.whisper import bundled_model_path
+
+    two = WhisperModel(
+        bundled_model_path(), device="cpu", compute_type="int8", cpu_threads=1, num_workers=2
+    )
+    # Temperature 0 only: sampling would differ between any two runs.
+    options = DecodingOptions(batch_size=2, temperatures=(0.0,))
+    concurrent = BatchTranscriber(two, options)
+    assert concurrent.workers == 2
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+    inner = two.model
+    generate = inner.generate
+
+    def counting_generate(*args, **kwargs):
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    class Model:  # CTranslate2's model is a C++ object: wrap it to count calls in flight.
+        def __getattr__(self, name):
+            return counting_generate if name == "generate" else getattr(inner, name)
+
+    two.model = Model()
+    single = BatchTranscriber(model, options)
+    assert texts(concurrent.transcribe(inputs)) == texts(single.transcribe(inputs))
+    assert peak == 2, "batches never overlapped"
+    assert concurrent.generate_calls == single.generate_calls
