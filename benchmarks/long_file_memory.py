@@ -111,14 +111,13 @@ def streaming(path: Path, features_out) -> tuple[float, int]:
     from faster_whisper.feature_extractor import FeatureExtractor
 
     from whisper_pipeline.core import audio
-    from whisper_pipeline.core.chunking import log_mel, split_speech
+    from whisper_pipeline.core.chunking import log_mel, split_spooled
 
     extractor = FeatureExtractor()
     chunks = 0
     with tempfile.TemporaryDirectory() as scratch, open(path, "rb") as handle:
         decoded = audio.spool(handle, os.path.join(scratch, "audio.s16"))
-        chunks_of_file = split_speech(decoded.samples, audio.PCM16_SCALE, vad_scale=decoded.scale())
-        for chunk in chunks_of_file:
+        for chunk in split_spooled(decoded):
             features_out.write(log_mel(extractor, chunk.audio).T.tobytes())
             chunks += 1
         return decoded.duration_s, chunks

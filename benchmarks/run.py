@@ -356,30 +356,30 @@ def reap_children(timeout_s: float = 60.0) -> int:
     return reaped
 
 
-def load_model(config: ModelConfig, pipeline: bool = False):
-    """The ``faster_whisper.WhisperModel`` an in-process method uses.
-
-    Args:
-        config: The shared settings.
-        pipeline: Method 3: threads and workers by the pipeline's own rule, as its
-            ``WhisperModelResource`` loads the model; else one worker with ``cpu_threads``.
-    """
+def load_model(config: ModelConfig):
+    """The ``faster_whisper.WhisperModel`` methods 1-2 use: one worker, ``cpu_threads``."""
     from faster_whisper import WhisperModel
 
-    from whisper_pipeline.resources.whisper import cpu_parallelism, usable_cores
-
-    threads, workers = config.cpu_threads, 1
-    if pipeline and config.device == "cpu":
-        threads, workers = cpu_parallelism(config.cpu_threads, config.num_workers, usable_cores())
-    elif pipeline:
-        workers = config.num_workers or 1
     return WhisperModel(
         config.model,
         device=config.device,
         compute_type=config.compute_type,
-        cpu_threads=threads,
-        num_workers=workers,
+        cpu_threads=config.cpu_threads,
     )
+
+
+def load_pipeline_model(config: ModelConfig):
+    """The model as method 3's pipeline loads it: its ``WhisperModelResource`` (own threads and
+    workers rule)."""
+    from whisper_pipeline.resources.whisper import WhisperModelResource
+
+    return WhisperModelResource(
+        model=config.model,
+        device=config.device,
+        compute_type=config.compute_type,
+        cpu_threads=config.cpu_threads,
+        num_workers=config.num_workers,
+    ).load()
 
 
 def run_sequential(inputs: list[AudioInput], config: ModelConfig) -> dict:
@@ -445,10 +445,10 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
     """
     from whisper_pipeline.core import audio
     from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput, DecodingOptions
-    from whisper_pipeline.core.chunking import log_mel, split_speech
+    from whisper_pipeline.core.chunking import log_mel, split_spooled
 
     started = time.perf_counter()
-    model = load_model(config, pipeline=True)
+    model = load_pipeline_model(config)
     errors: dict[str, str] = {}
     chunk_inputs = []
     with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch:
@@ -460,8 +460,7 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
             except audio.AudioError as error:
                 errors[item.name] = str(error)
                 continue
-            chunks = split_speech(decoded.samples, audio.PCM16_SCALE, vad_scale=decoded.scale())
-            for chunk in chunks:
+            for chunk in split_spooled(decoded):
                 chunk_inputs.append(
                     ChunkInput(
                         key=(item.name, chunk.index),
@@ -843,6 +842,8 @@ def _package_version(name: str) -> str:
 
 def machine_info(config: ModelConfig) -> dict:
     """CPU, cores, memory, GPU (when used), library versions and the date."""
+    from whisper_pipeline.resources.whisper import usable_cores
+
     cpu = platform.processor() or "unknown"
     memory = "unknown"
     try:
@@ -860,7 +861,7 @@ def machine_info(config: ModelConfig) -> dict:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
+        "usable_cores": usable_cores(),
         "memory": memory,
         "python": platform.python_version(),
         "ctranslate2": _package_version("ctranslate2"),

@@ -10,6 +10,7 @@ from whisper_pipeline.core.chunking import (
     pack_regions,
     speech_regions,
     split_speech,
+    split_spooled,
 )
 from whisper_pipeline_tests.conftest import requires_corpus
 
@@ -122,10 +123,7 @@ def test_long_file_is_chunked_in_bounded_memory(corpus, tmp_path):
         with open(source, "rb") as handle:
             decoded = audio.spool(handle, str(tmp_path / "audio.s16"))
         chunks = 0
-        chunks_of_file = split_speech(
-            decoded.samples, audio.PCM16_SCALE, block_s=60, vad_scale=decoded.scale()
-        )
-        for chunk in chunks_of_file:
+        for chunk in split_spooled(decoded, block_s=60):
             assert chunk.duration_s <= CHUNK_LENGTH_S
             chunks += 1
         _, peak = tracemalloc.get_traced_memory()

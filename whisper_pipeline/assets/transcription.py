@@ -15,7 +15,7 @@ import pyarrow as pa
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput
-from whisper_pipeline.core.chunking import log_mel, split_speech
+from whisper_pipeline.core.chunking import log_mel, split_spooled
 from whisper_pipeline.core.results import ContentResult, assemble, build_tables, options_key
 from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_NO_SPEECH, STATUS_OK
 from whisper_pipeline.core.storage import Storage
@@ -252,7 +252,7 @@ def preprocess_shard(
 
     Memory does not grow with a file's length: each file is decoded into a local 16-bit PCM
     spool (``audio.spool``), VAD-scanned in blocks and sliced one chunk at a time
-    (``chunking.split_speech``); features go straight to storage. The step's peak RSS is in
+    (``chunking.split_spooled``); features go straight to storage. The step's peak RSS is in
     its output metadata.
 
     Writes to the shard's staging folder: ``features.f32`` (every chunk's log-mel frames,
@@ -287,10 +287,7 @@ def preprocess_shard(
                 continue
             audio_s += duration
             speech_s = 0.0
-            chunks_of_file = split_speech(
-                decoded.samples, audio.PCM16_SCALE, vad_scale=decoded.scale()
-            )
-            for chunk in chunks_of_file:
+            for chunk in split_spooled(decoded):
                 features = log_mel(extractor, chunk.audio)
                 features_out.write(np.ascontiguousarray(features.T, dtype=np.float32).tobytes())
                 chunks.append(

@@ -17,7 +17,7 @@ import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 from faster_whisper.vad import SpeechTimestampsMap, VadOptions, get_speech_timestamps
 
-from whisper_pipeline.core.audio import SAMPLE_RATE
+from whisper_pipeline.core.audio import PCM16_SCALE, SAMPLE_RATE, SpooledAudio
 
 CHUNK_LENGTH_S = 30
 """Whisper's fixed input window in seconds (OpenAI Whisper ``audio.py``: ``CHUNK_LENGTH = 30``)."""
@@ -92,8 +92,8 @@ def speech_regions(
         samples: Mono samples, shape ``(n_samples,)``, 16 kHz: a float32 array, or int16
             ``audio.PcmFile`` from ``audio.spool``; only one block is read and converted to
             float at a time.
-        scale: Factor from ``samples`` to VAD input (e.g. ``SpooledAudio.scale()``, peak
-            normalization); scaled samples beyond [-1, 1] are clipped.
+        scale: Factor from ``samples`` to VAD input in [-1, 1] (e.g. ``SpooledAudio.scale()``,
+            peak normalization).
         vad_options: Silero VAD parameters; defaults to ``default_vad_options()``.
         block_s: Audio (seconds) each VAD pass keeps regions for.
 
@@ -110,7 +110,6 @@ def speech_regions(
         end = min(start + block, total)
         scan_start, scan_end = max(0, start - context), min(total, end + context)
         scanned = np.asarray(samples[scan_start:scan_end], dtype=np.float32) * np.float32(scale)
-        np.clip(scanned, -1.0, 1.0, out=scanned)
         for region in get_speech_timestamps(scanned, options):
             first, last = region["start"] + scan_start, region["end"] + scan_start
             if not start <= first < end:
@@ -161,6 +160,18 @@ def split_speech(
             speech_starts=tuple(int(r["start"]) for r in group),
             speech_ends=tuple(int(r["end"]) for r in group),
         )
+
+
+def split_spooled(decoded: SpooledAudio, block_s: float = VAD_BLOCK_S) -> Iterator[SpeechChunk]:
+    """The pipeline's split of a spooled file: chunks at the recorded level, VAD peak-normalized.
+
+    ``split_speech`` with ``audio.PCM16_SCALE`` for the chunks and ``decoded.scale()`` for VAD.
+
+    Args:
+        decoded: A file spooled by ``audio.spool``.
+        block_s: Longest stretch VAD scans at once, in seconds.
+    """
+    return split_speech(decoded.samples, PCM16_SCALE, block_s=block_s, vad_scale=decoded.scale())
 
 
 def pack_regions(regions: list[dict], max_samples: int) -> list[list[dict]]:
