@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline_tests.s3 import s3_server  # noqa: F401
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus"))

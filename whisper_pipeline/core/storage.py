@@ -9,9 +9,11 @@ Layout under the root::
     tables/<table>/date=YYYY-MM-DD/part-0.parquet
 """
 
+import errno
 import io
 import os
 import posixpath
+import stat
 import uuid
 from dataclasses import dataclass
 
@@ -25,17 +27,40 @@ PARTITION_FILE = "part-0.parquet"
 
 @dataclass(frozen=True)
 class LandedFile:
-    """A file found in the landing zone.
+    """An entry found in the landing zone: a file to read, or one that gets a ``failed`` row.
 
     Attributes:
-        path: Path inside the filesystem (no protocol).
+        path: Path inside the filesystem (no protocol) that is read. For a symbolic link to a
+            file inside the landing folder, the link's resolved target.
         relative_path: Path below ``raw/YYYY-MM-DD/``, POSIX separators.
-        size_bytes: Size in bytes.
+        size_bytes: Size in bytes (0 for local entries that are not read).
+        error: Why the entry is not read (it still gets a row); empty for a file to read.
     """
 
     path: str
     relative_path: str
     size_bytes: int
+    error: str = ""
+
+
+# Reasons an entry of the landing zone is not read (``LandedFile.error``).
+LANDED_BROKEN_LINK = "broken symbolic link (target {target} does not exist)"
+LANDED_LINK_LOOP = "symbolic link loop"
+LANDED_LINK_UNRESOLVED = "symbolic link cannot be resolved ({reason})"
+LANDED_LINK_OUTSIDE = "symbolic link points outside the landing zone (not read)"
+LANDED_LINK_TO_FOLDER = "symbolic link to a directory (not followed)"
+LANDED_LINK_TO_SPECIAL = "symbolic link to a non-regular file ({kind})"
+LANDED_SPECIAL = "not a regular file ({kind})"
+LANDED_UNLISTABLE = "folder cannot be listed ({reason}); its contents are not read"
+LANDED_UNINSPECTABLE = "entry cannot be inspected ({reason})"
+LANDED_NOT_UTF8 = "file name is not valid UTF-8; not read, rename the file"
+LANDED_ALIASING_KEY = (
+    "key has an empty, '.' or '..' path segment; not read, it would alias another path"
+)
+LANDED_VERSION_KEY = (
+    "key contains '?versionId=', which s3fs parses as an object version of the key before it;"
+    " it cannot be read by name, rename the object"
+)
 
 
 class Storage:
@@ -93,24 +118,58 @@ class Storage:
         return self.path(area, table, f"date={partition_key}")
 
     def list_landed(self, partition_key: str) -> list[LandedFile]:
-        """List every file under the partition's landing folder, subfolders included.
+        """List every entry under the partition's landing folder, subfolders included.
 
-        Names starting with ``.`` (``.DS_Store``, partial uploads) are skipped.
+        Every entry gets one ``LandedFile``; those that must not be read carry an ``error``
+        (the reasons are the ``LANDED_*`` constants) and become ``failed`` rows, so one odd
+        entry never fails the partition. On both kinds of storage, names with a path segment
+        starting with ``.`` (``.DS_Store``, partial uploads) are skipped, except the segments
+        ``.`` and ``..`` themselves, which are not hidden files.
+
+        Local filesystem (walked with ``os.scandir``, symbolic links never followed into
+        folders; each entry classified with ``lstat``):
+
+        * regular file: read;
+        * folder: recursed; one that cannot be listed (``PermissionError``...) gets an error
+          row in place of its contents;
+        * symbolic link: resolved with ``os.path.realpath``; a link to a regular file inside
+          the landing folder (the ``realpath`` of ``raw/YYYY-MM-DD``) is read through its
+          resolved target, with the target's size; a dangling link, a link loop, a link
+          resolving outside the landing folder (refused, never read), a link to a folder (not
+          followed) or to a non-regular file get an error;
+        * FIFO, socket, character or block device: an error (never opened: a FIFO would block);
+        * a name that is not valid UTF-8 cannot be stored in the tables: an error, with
+          ``path`` and ``relative_path`` showing the bad bytes as backslash escapes.
+
+        Object stores (one ``find`` listing; relative paths are the keys with the folder's
+        exact prefix removed, never normalized):
+
+        * folder markers (keys ending in ``/`` with 0 bytes, as consoles create) are ignored;
+        * a key with an empty, ``.`` or ``..`` segment (``a//b``, ``a/../b``, a key ending in
+          ``/`` that holds bytes) gets an error: it would alias another path;
+        * a key containing ``?versionId=`` gets an error: s3fs parses what follows as an
+          object version and would read another key (rename the object);
+        * other keys are read, whatever their characters (spaces, non-ASCII, ``?``, ``#``).
+
+        Args:
+            partition_key: The daily partition, ``YYYY-MM-DD``.
 
         Returns:
-            Files sorted by relative path; empty when the folder does not exist.
+            Entries sorted by relative path; empty when the folder does not exist.
+
+        Raises:
+            OSError: When the partition's landing folder itself cannot be listed (storage
+                errors are left to the step's retry policy).
         """
         base = self.raw_dir(partition_key)
-        if not self.fs.exists(base):
-            return []
-        found = []
-        for path, info in self.fs.find(base, detail=True).items():
-            if info.get("type") == "directory":
-                continue
-            relative = posixpath.relpath(path, base)
-            if any(part.startswith(".") for part in relative.split("/")):
-                continue
-            found.append(LandedFile(path, relative, int(info.get("size") or 0)))
+        if self.is_local:
+            if not os.path.isdir(base):
+                return []
+            found = _walk_local(base, os.path.realpath(base))
+        else:
+            if not self.fs.exists(base):
+                return []
+            found = _list_object_store(self.fs.find(base, detail=True), base)
         return sorted(found, key=lambda f: f.relative_path)
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
@@ -166,3 +225,122 @@ class Storage:
         """Read a table's partition (raises ``FileNotFoundError`` when never written)."""
         directory = self.table_dir(table, partition_key, area)
         return self.read_parquet(posixpath.join(directory, PARTITION_FILE))
+
+
+def _is_hidden(relative_path: str) -> bool:
+    """Whether a segment of ``relative_path`` is a hidden name (``.`` and ``..`` are not)."""
+    return any(
+        part.startswith(".") and part not in (".", "..") for part in relative_path.split("/")
+    )
+
+
+def _file_kind(mode: int) -> str:
+    """Name of a non-regular, non-folder file type for error messages."""
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return f"file type {stat.S_IFMT(mode):o}"
+
+
+def _reason(error: OSError) -> str:
+    """Short text of an ``OSError`` without the path (``PermissionError: Permission denied``)."""
+    return f"{type(error).__name__}: {error.strerror or error}"
+
+
+def _printable(path: str) -> str:
+    """``path`` with undecodable bytes (surrogate escapes) shown as backslash escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _classify_link(path: str, landing_root: str) -> tuple[str, int, str]:
+    """Resolve a symbolic link: ``(path to read, size in bytes, error)``."""
+    try:
+        target_stat = os.stat(path)
+    except FileNotFoundError:
+        return path, 0, LANDED_BROKEN_LINK.format(target=_printable(os.readlink(path)))
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return path, 0, LANDED_LINK_LOOP
+        return path, 0, LANDED_LINK_UNRESOLVED.format(reason=_reason(error))
+    target = os.path.realpath(path)
+    if os.path.commonpath([landing_root, target]) != landing_root:
+        return path, 0, LANDED_LINK_OUTSIDE
+    if stat.S_ISDIR(target_stat.st_mode):
+        return path, 0, LANDED_LINK_TO_FOLDER
+    if not stat.S_ISREG(target_stat.st_mode):
+        return path, 0, LANDED_LINK_TO_SPECIAL.format(kind=_file_kind(target_stat.st_mode))
+    return target, target_stat.st_size, ""
+
+
+def _walk_local(base: str, landing_root: str) -> list[LandedFile]:
+    """Classify every entry below ``base`` (see ``Storage.list_landed``), never following links.
+
+    Raises:
+        OSError: When ``base`` itself cannot be listed.
+    """
+    found = []
+    folders = [(base, "")]
+    while folders:
+        folder, prefix = folders.pop()
+        try:
+            with os.scandir(folder) as entries:
+                entries = list(entries)
+        except OSError as error:
+            if folder == base:
+                raise
+            reason = LANDED_UNLISTABLE.format(reason=_reason(error))
+            found.append(LandedFile(_printable(folder), _printable(prefix), 0, reason))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            relative = f"{prefix}/{entry.name}" if prefix else entry.name
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    folders.append((entry.path, relative))
+                    continue
+                if _printable(relative) != relative:
+                    found.append(
+                        LandedFile(_printable(entry.path), _printable(relative), 0, LANDED_NOT_UTF8)
+                    )
+                elif stat.S_ISREG(mode):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    found.append(LandedFile(entry.path, relative, size))
+                elif stat.S_ISLNK(mode):
+                    path, size, error = _classify_link(entry.path, landing_root)
+                    found.append(LandedFile(path, relative, size, error))
+                else:
+                    error = LANDED_SPECIAL.format(kind=_file_kind(mode))
+                    found.append(LandedFile(entry.path, relative, 0, error))
+            except OSError as error:
+                reason = LANDED_UNINSPECTABLE.format(reason=_reason(error))
+                found.append(LandedFile(_printable(entry.path), _printable(relative), 0, reason))
+    return found
+
+
+def _list_object_store(listing: dict[str, dict], base: str) -> list[LandedFile]:
+    """Classify a ``find(base, detail=True)`` listing (see ``Storage.list_landed``)."""
+    prefix = base.rstrip("/") + "/"
+    found = []
+    for path, info in listing.items():
+        if info.get("type") == "directory" or not path.startswith(prefix):
+            continue  # a folder, or the key ``base`` itself (not below the folder)
+        relative = path[len(prefix) :]
+        size = int(info.get("size") or 0)
+        if relative == "" or (relative.endswith("/") and size == 0):
+            continue  # folder marker
+        if _is_hidden(relative):
+            continue
+        error = ""
+        if any(part in ("", ".", "..") for part in relative.split("/")):
+            error = LANDED_ALIASING_KEY
+        elif "?versionId=" in relative:
+            error = LANDED_VERSION_KEY
+        found.append(LandedFile(path, relative, size, error))
+    return found
