@@ -11,6 +11,7 @@ from whisper_pipeline.checks import transcript_table_checks
 from whisper_pipeline.io_managers import PartitionedParquetIOManager
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.schedules import nightly_transcription_schedule, transcribe_partition_job
+from whisper_pipeline.sensors import dead_run_sensor
 
 EXECUTOR_CONFIG = {
     # One transcription step at a time within a run; the pool in dagster.yaml does the same
@@ -25,20 +26,36 @@ EXECUTOR_CONFIG = {
 
 executor = dg.multiprocess_executor.configured(EXECUTOR_CONFIG)
 
-storage = StorageResource()
 
-resources = {
-    "storage": storage,
-    "whisper": WhisperModelResource(),
-    "staging_io_manager": PartitionedParquetIOManager(storage=storage, area="staging"),
-    "table_io_manager": PartitionedParquetIOManager(storage=storage, area="tables"),
-}
+def build_resources(whisper: WhisperModelResource | None = None) -> dict:
+    """Every resource of the code location, wired so run config reaches every consumer.
+
+    ``storage`` is configured at launch and the IO managers depend on that top-level resource
+    (not on a copy), so ``resources.storage.config.root`` or ``endpoint_url`` set in run config
+    or the launchpad moves the landing zone, staging, cache and tables together.
+
+    Args:
+        whisper: The transcriber; default the real faster-whisper ``WhisperModelResource``
+            (tests pass a test double).
+
+    Returns:
+        Resources by key.
+    """
+    storage = StorageResource.configure_at_launch()
+    return {
+        "storage": storage,
+        "whisper": whisper if whisper is not None else WhisperModelResource(),
+        "staging_io_manager": PartitionedParquetIOManager(storage=storage, area="staging"),
+        "table_io_manager": PartitionedParquetIOManager(storage=storage, area="tables"),
+    }
+
 
 defs = dg.Definitions(
     assets=[audio_manifest, transcript_tables],
     asset_checks=[transcript_table_checks],
     jobs=[transcribe_partition_job],
     schedules=[nightly_transcription_schedule],
-    resources=resources,
+    sensors=[dead_run_sensor],
+    resources=build_resources(),
     executor=executor,
 )

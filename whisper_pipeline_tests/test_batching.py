@@ -54,6 +54,7 @@ def inputs(corpus, model):
     return chunk_inputs(corpus, model, CLIPS)
 
 
+@pytest.mark.slow  # the real model for several seconds
 def test_cross_file_batches_give_the_same_text_as_one_chunk_at_a_time(model, inputs):
     batched = BatchTranscriber(model, DecodingOptions(batch_size=8))
     single = BatchTranscriber(model, DecodingOptions(batch_size=1))
@@ -133,6 +134,7 @@ class CountingTranscriber(BatchTranscriber):
         return super()._generate(encoder_output, languages, temperature, frames)
 
 
+@pytest.mark.slow  # the real model for several seconds
 def test_fallback_rows_from_every_batch_share_generate_calls(model, inputs):
     inputs = inputs[:5]
     # An average log-probability threshold of 0 fails every speech row at every temperature.
@@ -158,6 +160,7 @@ class ReencodingTranscriber(CountingTranscriber):
         return None
 
 
+@pytest.mark.slow  # the real model for several seconds
 def test_fallback_that_encodes_again_matches_fallback_from_kept_encoder_output(model, inputs):
     import ctranslate2
 
@@ -202,6 +205,7 @@ def test_a_window_that_reaches_the_token_budget_is_continued_not_cut(model, inpu
     assert english_wer(references, [tight_text[name] for name in free_text]) < 0.1
 
 
+@pytest.mark.slow  # the real model for several seconds
 def test_two_workers_decode_batches_concurrently_with_the_same_text(model, inputs):
     from faster_whisper import WhisperModel
 

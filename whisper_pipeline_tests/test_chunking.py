@@ -113,6 +113,7 @@ def test_blockwise_vad_finds_the_same_speech_as_one_pass(corpus):
     assert all(a["end"] <= b["start"] for a, b in zip(blocks, blocks[1:], strict=False))
 
 
+@pytest.mark.slow  # decodes and VAD-splits a long synthetic recording
 @requires_corpus
 def test_long_file_is_chunked_in_bounded_memory(corpus, tmp_path):
     """A 20-minute file through spool + VAD + chunking never holds the whole waveform."""

@@ -1,6 +1,5 @@
 """A run SIGKILLed mid-transcription, then started again, completes with nothing lost or doubled."""
 
-import logging
 import os
 import re
 import signal
@@ -8,21 +7,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import duckdb
 import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus
-from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
 
 from whisper_pipeline.assets.transcription import GPU_POOL
+from whisper_pipeline.sensors import fail_dead_runs
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,
     SHARDED,
     materialize_cli,
     planned_and_cached,
 )
+
+pytestmark = pytest.mark.slow  # the real model through the Dagster CLI
 
 PARTITION = "2026-11-19"
 
@@ -92,13 +92,10 @@ def test_sigkill_mid_transcription_then_rerun(corpus, tmp_path, home):
     assert run.status == DagsterRunStatus.STARTED  # nobody is left to say it died
     assert run.run_id in instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids
 
-    # What the run-monitoring daemon does: mark the dead run failed, then, after
-    # free_slots_after_run_end_seconds, free the pool slots it still holds.
-    instance.report_run_failed(run)
-    time.sleep(1.5)
-    list(
-        execute_concurrency_slots_iteration(SimpleNamespace(instance=instance), logging.getLogger())
-    )
+    # What the daemon's dead_run_sensor does at its next tick (test_dead_runs.py runs the
+    # daemon itself): the dead run is failed and its pool slot freed, with nothing done by hand.
+    assert fail_dead_runs(instance) == [run.run_id]
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
     assert not instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids
 
     second = materialize_cli(root, home, PARTITION)

@@ -14,6 +14,8 @@ from whisper_pipeline_tests.conftest import (
     materialize_cli,
 )
 
+pytestmark = pytest.mark.slow  # the real model through the Dagster CLI
+
 PARTITION = "2026-11-20"
 
 WER_BOUND = 0.10

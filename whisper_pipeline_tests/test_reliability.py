@@ -16,6 +16,8 @@ from whisper_pipeline_tests.conftest import (
 )
 from whisper_pipeline_tests.fixtures import SENTENCES, build_landing
 
+pytestmark = pytest.mark.slow  # the real model through the Dagster CLI
+
 PARTITION = "2026-11-21"
 
 

@@ -9,7 +9,8 @@ from whisper_pipeline.core import audio
 from whisper_pipeline.core.schema import AUDIO_FILES, STATUS_FAILED, STATUS_OK
 from whisper_pipeline.core.storage import LandedFile, Storage
 from whisper_pipeline.partitions import daily_partitions
-from whisper_pipeline.resources import StorageResource
+from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.sensors import record_orchestrator
 
 STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 """Retries for steps whose failures are mostly transient storage errors (S3 throttling, 5xx)."""
@@ -26,8 +27,10 @@ def file_id_for(partition_key: str, relative_path: str) -> str:
 def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict:
     """Fingerprint and probe one landed file into an ``audio_files`` row (probe-time status).
 
-    Unreadable audio becomes a ``failed`` row with the reason; storage errors (``OSError``)
-    propagate so the step's retry policy can handle them.
+    An entry listed with an ``error`` (a broken symbolic link, a FIFO, an unreadable key...)
+    becomes a ``failed`` row with that reason without being opened (``content_sha256`` is null,
+    ``size_bytes`` as listed). Unreadable audio becomes a ``failed`` row with the reason;
+    storage errors (``OSError``) propagate so the step's retry policy can handle them.
     """
     row = {
         "file_id": file_id_for(partition_key, landed.relative_path),
@@ -43,6 +46,9 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
         "error": "",
         "processed_at": datetime.now(UTC),
     }
+    if landed.error:
+        row.update(status=STATUS_FAILED, error=landed.error)
+        return row
     with storage.fs.open(landed.path, "rb") as handle:
         row["content_sha256"] = audio.fingerprint(handle)
         if landed.size_bytes == 0:
@@ -70,14 +76,35 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
     group_name="staging",
     kinds={"python", "parquet"},
 )
-def audio_manifest(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.Output:
+def audio_manifest(
+    context: dg.AssetExecutionContext, storage: StorageResource, whisper: WhisperModelResource
+) -> dg.Output:
     """Audio files landed on the partition's date, fingerprinted (SHA-256) and probed.
 
-    One row per file under ``raw/YYYY-MM-DD/`` (subfolders included), in the ``audio_files``
-    schema with probe-time status: files FFmpeg cannot open are ``failed`` here already.
+    One row per entry under ``raw/YYYY-MM-DD/`` (subfolders included; see
+    ``Storage.list_landed``), in the ``audio_files`` schema with probe-time status: entries that
+    are not readable audio are ``failed`` here already.
+
+    Fails without retry, before any work, when the Whisper configuration can never work
+    (``WhisperModelResource.validate``) or the landing folder does not exist: an unmounted
+    volume or a mistyped root must not publish empty tables over good ones. An existing empty
+    folder is a day with no audio and publishes empty tables.
     """
+    record_orchestrator(context)  # before any pool slot is held: lets dead_run_sensor find it
+    try:
+        whisper.validate()
+    except ValueError as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
     store = storage.get()
     key = context.partition_key
+    if not store.fs.isdir(store.raw_dir(key)):
+        published = store.fs.exists(store.table_dir("audio_files", key))
+        raise dg.Failure(
+            f"landing folder {store.uri(store.raw_dir(key))} does not exist"
+            + ("; the partition's published tables were left as they are" if published else "")
+            + " (create the folder, even empty, to publish a day without audio)",
+            allow_retries=False,
+        )
     landed = store.list_landed(key)
     with ThreadPoolExecutor(STAGING_THREADS) as pool:
         rows = list(pool.map(lambda f: stage_file(store, key, f), landed))

@@ -14,13 +14,33 @@ import pyarrow as pa
 
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
 from whisper_pipeline.core import audio
-from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput
 from whisper_pipeline.core.chunking import log_mel, split_spooled
-from whisper_pipeline.core.results import ContentResult, assemble, build_tables, options_key
+from whisper_pipeline.core.results import (
+    ContentResult,
+    assemble,
+    bridge_transcripts,
+    build_tables,
+    model_failures,
+    options_key,
+)
 from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_NO_SPEECH, STATUS_OK
+from whisper_pipeline.core.staging import (
+    CHUNKS_FILE,
+    FEATURES_FILE,
+    FILES_FILE,
+    RUN_ACTIVE,
+    RUN_ENDED,
+    RUN_UNKNOWN,
+    SHARD_CHUNKS,
+    SHARD_FILES,
+    chunk_waves,
+    read_chunk_rows,
+    remove_stale_runs,
+)
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.partitions import daily_partitions
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.sensors import record_orchestrator
 
 ACCELERATOR_TAG_KEY = "whisper_pipeline/accelerator"
 """Op tag the executor's ``tag_concurrency_limits`` holds to one step at a time per run."""
@@ -35,26 +55,6 @@ duration is a bitrate estimate)."""
 
 RESULT_THREADS = 8
 """Result files read or written at once (small objects; I/O-bound on object stores)."""
-
-SHARD_FILES = pa.schema(
-    [
-        ("content_sha256", pa.string()),
-        ("duration_s", pa.float64()),
-        ("speech_duration_s", pa.float64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-    ]
-)
-SHARD_CHUNKS = pa.schema(
-    [
-        ("content_sha256", pa.string()),
-        ("chunk_index", pa.int32()),
-        ("frame_offset", pa.int64()),
-        ("n_frames", pa.int32()),
-        ("speech_starts", pa.list_(pa.int64())),
-        ("speech_ends", pa.list_(pa.int64())),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,14 @@ def whisper_options_key(whisper: WhisperModelResource) -> str:
     )
 
 
+def run_state(instance: dg.DagsterInstance, run_id: str) -> str:
+    """``RUN_ACTIVE``, ``RUN_ENDED`` or ``RUN_UNKNOWN`` for a run id, from the instance."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return RUN_UNKNOWN
+    return RUN_ENDED if run.is_finished else RUN_ACTIVE
+
+
 @dg.op(out=dg.DynamicOut(ShardPlan), retry_policy=STORAGE_RETRY)
 def plan_shards(
     context: dg.OpExecutionContext,
@@ -204,7 +212,19 @@ def plan_shards(
     Contents with a cached result for the same model and options are skipped (unless ``redo``):
     a re-run, or a run after a crash, only does the work that is missing.
     """
+    if config.max_shards < 1 or config.min_audio_s_per_shard < 0:
+        raise dg.Failure(
+            f"invalid plan_shards config: max_shards must be >= 1 (got {config.max_shards}) "
+            f"and min_audio_s_per_shard >= 0 (got {config.min_audio_s_per_shard})",
+            allow_retries=False,
+        )
+    record_orchestrator(context)  # runs re-executed without audio_manifest are watched too
     store = storage.get()
+    removed = remove_stale_runs(
+        store, lambda run_id: run_state(context.instance, run_id), keep=context.run_id
+    )
+    if removed:
+        context.log.info("removed the staging folders of %d ended runs", len(removed))
     run_dir = store.staging_dir(context.partition_key, context.run_id)
     key = whisper_options_key(whisper)
     cached = set() if config.redo else store.cached_contents(key)
@@ -255,10 +275,9 @@ def preprocess_shard(
     (``chunking.split_spooled``); features go straight to storage. The step's peak RSS is in
     its output metadata.
 
-    Writes to the shard's staging folder: ``features.f32`` (every chunk's log-mel frames,
-    float32, row-major ``(frames, n_mels)``), ``chunks.parquet`` (where each chunk's frames are,
-    and its speech regions in file samples) and ``files.parquet`` (per file: decoded duration,
-    speech found, and ``failed``/``no_speech`` with a reason).
+    Writes the shard's three staging files (``core.staging``): the chunks' log-mel features,
+    where each chunk's frames are with its speech regions, and per file the decoded duration,
+    the speech found and ``failed``/``no_speech`` with a reason.
     """
     started = time.perf_counter()
     store = storage.get()
@@ -266,7 +285,7 @@ def preprocess_shard(
     files, chunks = [], []
     frame_offset = 0
     audio_s = 0.0
-    features_path = posixpath.join(shard.shard_dir, "features.f32")
+    features_path = posixpath.join(shard.shard_dir, FEATURES_FILE)
     store.fs.makedirs(shard.shard_dir, exist_ok=True)
     with (
         store.fs.open(features_path, "wb") as features_out,
@@ -306,11 +325,11 @@ def preprocess_shard(
             files.append(_file_row(sha, duration, speech_s, status, ""))
             del decoded
     store.write_parquet(
-        posixpath.join(shard.shard_dir, "chunks.parquet"),
+        posixpath.join(shard.shard_dir, CHUNKS_FILE),
         pa.Table.from_pylist(chunks, schema=SHARD_CHUNKS),
     )
     store.write_parquet(
-        posixpath.join(shard.shard_dir, "files.parquet"),
+        posixpath.join(shard.shard_dir, FILES_FILE),
         pa.Table.from_pylist(files, schema=SHARD_FILES),
     )
     elapsed = time.perf_counter() - started
@@ -340,33 +359,6 @@ def _file_row(sha: str, duration, speech_s: float, status: str, error: str) -> d
     }
 
 
-def load_chunk_inputs(store: Storage, shard: ShardFeatures, local_dir: str) -> list[ChunkInput]:
-    """Read a preprocessed shard back as model inputs keyed ``(content_sha256, chunk_index)``.
-
-    The features are memory-mapped (downloaded into ``local_dir`` first from a remote store), so
-    a batch reads only its own chunks' frames and a long shard does not have to fit in memory.
-    """
-    shard_dir = shard.plan.shard_dir
-    chunks = store.read_parquet(posixpath.join(shard_dir, "chunks.parquet")).to_pylist()
-    features_path = posixpath.join(shard_dir, "features.f32")
-    if not store.is_local:
-        local_path = os.path.join(local_dir, "features.f32")
-        store.fs.get_file(features_path, local_path)
-        features_path = local_path
-    if not chunks:
-        return []
-    frames = np.memmap(features_path, dtype=np.float32, mode="r").reshape(-1, shard.n_mels)
-    return [
-        ChunkInput(
-            key=(row["content_sha256"], row["chunk_index"]),
-            features=frames[row["frame_offset"] : row["frame_offset"] + row["n_frames"]].T,
-            speech_starts=tuple(row["speech_starts"]),
-            speech_ends=tuple(row["speech_ends"]),
-        )
-        for row in chunks
-    ]
-
-
 def failure_path(run_dir: str, content_sha256: str) -> str:
     """Where a run keeps a failed content's result (never cached, so re-runs retry it)."""
     return posixpath.join(run_dir, "failed", f"{content_sha256}.json")
@@ -391,6 +383,17 @@ def read_result(store: Storage, key: str, run_dir: str, sha: str) -> ContentResu
     return None
 
 
+WAVE_BATCHES = 8
+"""Batches of chunks a transcription step holds at once (``core.staging.chunk_waves``): enough
+for every CTranslate2 worker to have several batches per seek round, few enough that the
+feature pages a step keeps resident do not grow with the shard."""
+
+
+def wave_size(whisper: WhisperModelResource) -> int:
+    """Chunks per wave: ``WAVE_BATCHES`` first-pass batches."""
+    return WAVE_BATCHES * max(1, whisper.batch_size)
+
+
 @dg.op(
     retry_policy=STORAGE_RETRY,
     pool=GPU_POOL,
@@ -411,15 +414,20 @@ def transcribe_shard(
     """
     store = storage.get()
     started = time.perf_counter()
-    model = whisper.load()
+    transcriber = whisper.transcriber()
     loaded = time.perf_counter()
+    shard_dir = shard.plan.shard_dir
+    results = []
     with tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as local_dir:
-        inputs = load_chunk_inputs(store, shard, local_dir)
-        transcriber = BatchTranscriber(model, whisper.decoding_options())
-        results = transcriber.transcribe(inputs)
+        waves = chunk_waves(store, shard_dir, shard.n_mels, wave_size(whisper), local_dir)
+        for wave in waves:
+            results += transcriber.transcribe(wave)
     finished = time.perf_counter()
-    frames = {chunk.key: chunk.features.shape[-1] for chunk in inputs}
-    files = store.read_parquet(posixpath.join(shard.plan.shard_dir, "files.parquet")).to_pylist()
+    frames = {
+        (r["content_sha256"], r["chunk_index"]): r["n_frames"]
+        for r in read_chunk_rows(store, shard_dir)
+    }
+    files = store.read_parquet(posixpath.join(shard_dir, FILES_FILE)).to_pylist()
     assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())
     with ThreadPoolExecutor(RESULT_THREADS) as pool:
         list(pool.map(lambda result: write_result(store, shard.plan, result), assembled))
@@ -429,7 +437,7 @@ def transcribe_shard(
         "shard %d: %d chunks, %.1f s audio in %.1f s (RTF %.3f), %d generate calls, "
         "peak RSS %.0f MiB",
         shard.plan.index,
-        len(inputs),
+        len(frames),
         shard.audio_s,
         decode_s,
         decode_s / max(shard.audio_s, 1e-9),
@@ -522,6 +530,29 @@ def _preview(transcripts: pa.Table, rows: int = 5) -> str:
     return "\n".join(lines)
 
 
+def publish_bridge(context: dg.OpExecutionContext, store: Storage, transcripts: pa.Table) -> None:
+    """Publish ``core.results.bridge_transcripts`` before the IO manager replaces the tables.
+
+    ``write_tables`` then yields ``audio_files``, ``transcripts`` and ``transcript_segments`` in
+    that order, so a reader never sees a transcribed file without its transcript, whichever
+    write fails; the next run publishes the exact tables.
+    """
+    key = context.partition_key
+    try:
+        old_files = store.read_partition("audio_files", key)
+        old_transcripts = store.read_partition("transcripts", key)
+    except FileNotFoundError:
+        return
+    try:
+        bridge = bridge_transcripts(old_files, old_transcripts, transcripts)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        # Tables of an older schema (columns are only ever added): nothing safe to carry over.
+        context.log.warning("published transcripts not carried over (%s)", error)
+        return
+    if bridge is not None:
+        store.replace_partition("transcripts", key, bridge)
+
+
 @dg.op(
     out={
         # Graph-backed assets take the IO manager from the op's outputs.
@@ -559,6 +590,14 @@ def write_tables(
         whisper.beam_size,
         started_at,
     )
+    reached, model_errors = model_failures(files)
+    if reached and len(model_errors) == reached:
+        raise dg.Failure(
+            f"transcription failed for every one of the {reached} files that reached it "
+            f"(first error: {model_errors[0]}); the partition's tables were left as they were",
+            allow_retries=False,
+        )
+    publish_bridge(context, store, transcripts)
     statuses = files.column("status").to_pylist()
     audio_s = sum(s.features.audio_s for s in shards)
     transcribe_s = sum(s.transcribe_s for s in shards)

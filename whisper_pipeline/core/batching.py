@@ -403,7 +403,8 @@ class BatchTranscriber:
         outcomes = []
         for row, (window, result) in enumerate(zip(batch, decoded, strict=True)):
             if result.needs_fallback(self.options) and len(self.options.temperatures) > 1:
-                encoded = None if host is None else np.ascontiguousarray(host[row])
+                # A copy, not a view: a view would keep the whole batch's output alive.
+                encoded = None if host is None else host[row].copy()
                 outcomes.append(_Retry(window, languages[row], encoded, [result]))
             else:
                 outcomes.append((result, languages[row]))

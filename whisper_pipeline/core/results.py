@@ -28,6 +28,13 @@ PREPROCESSING_VERSION = "2"
 2: chunks at the recorded level (was: peak-normalized); VAD input still peak-normalized."""
 
 
+MODEL_FAILED = "model failed"
+"""Start of the ``error`` of a file whose chunk raised inside the model."""
+
+NO_RESULT = "no transcription result was produced"
+"""``error`` of a readable file for which no step stored a result."""
+
+
 def options_key(model: str, compute_type: str, options: DecodingOptions) -> str:
     """16 hex chars identifying a model + compute type + decoding options + preprocessing."""
     payload = {
@@ -111,7 +118,7 @@ def assemble(
         failed = [c for c in chunks if c.error]
         if result.status != STATUS_FAILED and failed:
             result.status = STATUS_FAILED
-            result.error = f"model failed on chunk {failed[0].key[1]}: {failed[0].error}"
+            result.error = f"{MODEL_FAILED} on chunk {failed[0].key[1]}: {failed[0].error}"
         if result.status != STATUS_FAILED:
             result.segments = [
                 {
@@ -168,7 +175,7 @@ def build_tables(
             continue
         result = results.get(row["content_sha256"])
         if result is None:
-            row.update(status=STATUS_FAILED, error="no transcription result was produced")
+            row.update(status=STATUS_FAILED, error=NO_RESULT)
             continue
         row.update(status=result.status, error=result.error)
         if result.duration_s is not None:
@@ -198,3 +205,69 @@ def build_tables(
         pa.Table.from_pylist(transcripts, schema=TRANSCRIPTS),
         pa.Table.from_pylist(segments, schema=TRANSCRIPT_SEGMENTS),
     )
+
+
+def model_failures(files: pa.Table) -> tuple[int, list[str]]:
+    """How many files reached transcription, and the errors of those that failed there.
+
+    A file reached transcription when it was readable and had speech, or failed in the model
+    (``MODEL_FAILED``) or with no stored result (``NO_RESULT``).
+
+    Args:
+        files: An ``audio_files`` table as ``build_tables`` returns it.
+
+    Returns:
+        ``(reached, errors)``: files that reached transcription, and the errors of those of them
+        that failed.
+    """
+    reached, errors = 0, []
+    for status, error in zip(
+        files.column("status").to_pylist(), files.column("error").to_pylist(), strict=True
+    ):
+        if status == STATUS_OK:
+            reached += 1
+        elif status == STATUS_FAILED and (error.startswith(MODEL_FAILED) or error == NO_RESULT):
+            reached += 1
+            errors.append(error)
+    return reached, errors
+
+
+def bridge_transcripts(
+    old_files: pa.Table | None, old_transcripts: pa.Table | None, new_transcripts: pa.Table
+) -> pa.Table | None:
+    """The ``transcripts`` to publish first, so a reader never sees a file without its transcript.
+
+    A partition's tables are separate files, replaced one after another. Readers must never see
+    a file ``ok`` or ``no_speech`` in ``audio_files`` without its ``transcripts`` row, whichever
+    write fails. Publishing ``bridge`` (the new rows plus the old rows of files that the old
+    ``audio_files`` lists as transcribed and the new transcripts lack), then ``audio_files``,
+    then the new ``transcripts`` keeps that true after every write: the old ``audio_files``
+    with the bridge, the new ``audio_files`` with the bridge, then the new tables.
+
+    Args:
+        old_files: The published ``audio_files`` partition, or ``None`` if there is none.
+        old_transcripts: The published ``transcripts`` partition, or ``None``.
+        new_transcripts: The ``transcripts`` about to be published.
+
+    Returns:
+        The bridge table in the new schema, or ``None`` when the old tables need no bridge
+        (none published, or every old transcribed file is in the new transcripts).
+    """
+    if old_files is None or old_transcripts is None:
+        return None
+    transcribed = {
+        file_id
+        for file_id, status in zip(
+            old_files.column("file_id").to_pylist(),
+            old_files.column("status").to_pylist(),
+            strict=True,
+        )
+        if status != STATUS_FAILED
+    }
+    missing = transcribed - set(new_transcripts.column("file_id").to_pylist())
+    if not missing:
+        return None
+    keep = [row for row in old_transcripts.to_pylist() if row["file_id"] in missing]
+    names = new_transcripts.schema.names
+    rows = [{name: row.get(name) for name in names} for row in keep]
+    return pa.concat_tables([new_transcripts, pa.Table.from_pylist(rows, new_transcripts.schema)])

@@ -4,7 +4,7 @@ import os
 import dagster as dg
 from pydantic import PrivateAttr
 
-from whisper_pipeline.core.batching import DecodingOptions
+from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
 
 
 def usable_cores() -> int:
@@ -119,6 +119,73 @@ class WhisperModelResource(dg.ConfigurableResource):
         return DecodingOptions(
             beam_size=self.beam_size, batch_size=self.batch_size, language=self.language or None
         )
+
+    def validate(self) -> None:
+        """Check the configuration without loading weights, before any work is done.
+
+        Checks what no retry can fix: sizes (``beam_size``, ``batch_size`` >= 1; threads and
+        workers >= 0), the device (``auto``/``cpu``/``cuda``; ``cuda`` needs a CUDA device that
+        CTranslate2 sees), the compute type (one CTranslate2 supports on the resolved device),
+        the model (the bundled model, a directory holding a CTranslate2 ``model.bin``, a name in
+        ``faster_whisper.available_models()``, or a Hugging Face ``owner/name`` repository) and
+        the language (a Whisper language code; only ``en`` for English-only ``*.en`` models).
+        Queries CUDA (never at import or in the forkserver).
+
+        Raises:
+            ValueError: Every problem found, in one message.
+        """
+        problems = []
+        for name in ("beam_size", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("cpu_threads", "num_workers"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 (auto) or more, got {getattr(self, name)}")
+        problems += self._device_problems()
+        problems += self._model_problems()
+        if problems:
+            raise ValueError("invalid whisper configuration: " + "; ".join(problems))
+
+    def _device_problems(self) -> list[str]:
+        import ctranslate2
+
+        if self.device not in ("auto", "cpu", "cuda"):
+            return [f"device must be auto, cpu or cuda, got {self.device!r}"]
+        if self.device == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+            return ["device is cuda but CTranslate2 sees no CUDA device (use auto or cpu)"]
+        device = self.resolved_device()
+        supported = ctranslate2.get_supported_compute_types(device)
+        if self.compute_type not in ("auto", "default", *supported):
+            known = ", ".join(sorted(supported))
+            return [f"compute_type {self.compute_type!r} is not supported on {device} ({known})"]
+        return []
+
+    def _model_problems(self) -> list[str]:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+        from faster_whisper.utils import available_models
+
+        problems = []
+        model = self.model
+        if not model or os.path.isdir(model):
+            directory = model or bundled_model_path()
+            if not os.path.isfile(os.path.join(directory, "model.bin")):
+                problems.append(f"model directory {directory} holds no CTranslate2 model.bin")
+        elif os.path.isabs(model) or model.startswith("."):
+            problems.append(f"model directory {model} does not exist")
+        elif "/" not in model and model not in available_models():
+            problems.append(
+                f"unknown model {model!r}: not a directory, not a Hugging Face owner/name, and "
+                f"not one of faster-whisper's names ({', '.join(available_models())})"
+            )
+        if self.language and self.language not in _LANGUAGE_CODES:
+            problems.append(f"language {self.language!r} is not a Whisper language code")
+        elif self.language not in ("", "en") and self.model_name.endswith(".en"):
+            problems.append(f"{self.model_name} is English-only; language must be en or empty")
+        return problems
+
+    def transcriber(self) -> BatchTranscriber:
+        """A cross-file batch transcriber over the loaded model, with this config's options."""
+        return BatchTranscriber(self.load(), self.decoding_options())
 
     def load(self):
         """The ``faster_whisper.WhisperModel``, loaded on first call and kept for the process."""

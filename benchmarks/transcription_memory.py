@@ -1,0 +1,126 @@
+"""Peak memory of a transcription step against the chunks in its shard.
+
+Usage (from the repository root)::
+
+    python benchmarks/transcription_memory.py [--chunks 40,400] [--wave-size 0]
+
+For each chunk count, a fresh process stages a shard of that many real speech chunks (log-mel
+features of the shared corpus's long recordings, repeated) and transcribes it the way
+``transcribe_shard`` does: ``core.staging.chunk_waves`` then the model's ``BatchTranscriber``
+with the pipeline's default resource (tiny.en, int8 on CPU, two workers, batch 8). It prints
+the process's peak RSS (``VmHWM``) before and after transcription. ``--wave-size N`` overrides
+the wave (0: the pipeline's own ``wave_size``); a wave of every chunk is the old behaviour.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def vm_hwm_mib() -> float:
+    """This process's peak resident set size in MiB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker(chunks: int, wave: int) -> dict:
+    """Stage ``chunks`` speech chunks and transcribe them; returns the measurements."""
+    import numpy as np
+    import pyarrow as pa
+
+    from whisper_pipeline.assets.transcription import wave_size
+    from whisper_pipeline.core import audio
+    from whisper_pipeline.core.chunking import log_mel, split_spooled
+    from whisper_pipeline.core.staging import (
+        CHUNKS_FILE,
+        FEATURES_FILE,
+        SHARD_CHUNKS,
+        chunk_waves,
+    )
+    from whisper_pipeline.core.storage import Storage
+    from whisper_pipeline.resources.whisper import WhisperModelResource
+
+    corpus = Path(
+        os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus")
+    )
+    whisper = WhisperModelResource()
+    extractor = whisper.feature_extractor()
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Storage(scratch)
+        shard_dir = store.path("shard")
+        os.makedirs(shard_dir)
+        sources = []
+        for path in sorted((corpus / "long").iterdir())[:3]:
+            with open(path, "rb") as handle:
+                decoded = audio.spool(handle, os.path.join(scratch, "spool"))
+            for chunk in split_spooled(decoded):
+                sources.append((np.ascontiguousarray(log_mel(extractor, chunk.audio).T), chunk))
+        rows, offset = [], 0
+        with open(os.path.join(shard_dir, FEATURES_FILE), "wb") as out:
+            for index in range(chunks):
+                frames, chunk = sources[index % len(sources)]
+                out.write(frames.astype(np.float32).tobytes())
+                rows.append(
+                    {
+                        "content_sha256": f"{index:064x}",
+                        "chunk_index": 0,
+                        "frame_offset": offset,
+                        "n_frames": frames.shape[0],
+                        "speech_starts": list(chunk.speech_starts),
+                        "speech_ends": list(chunk.speech_ends),
+                    }
+                )
+                offset += frames.shape[0]
+        store.write_parquet(
+            os.path.join(shard_dir, CHUNKS_FILE), pa.Table.from_pylist(rows, SHARD_CHUNKS)
+        )
+        del sources
+        transcriber = whisper.transcriber()
+        before = vm_hwm_mib()
+        started = time.perf_counter()
+        size = wave or wave_size(whisper)
+        results = []
+        for batch in chunk_waves(store, shard_dir, extractor.mel_filters.shape[0], size, scratch):
+            results += transcriber.transcribe(batch)
+        return {
+            "chunks": chunks,
+            "wave_size": size,
+            "peak_before_mib": round(before),
+            "peak_mib": round(vm_hwm_mib()),
+            "seconds": round(time.perf_counter() - started, 1),
+            "with_text": sum(bool(r.segments) for r in results),
+        }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", default="40,400")
+    parser.add_argument("--wave-size", type=int, default=0)
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.wave_size)))
+        return 0
+    for count in (int(c) for c in args.chunks.split(",")):
+        command = [sys.executable, __file__, "--worker", str(count)]
+        command += ["--wave-size", str(args.wave_size)]
+        completed = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
+        if completed.returncode:
+            print(completed.stderr[-3000:], file=sys.stderr)
+            return completed.returncode
+        print(completed.stdout.strip().splitlines()[-1], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

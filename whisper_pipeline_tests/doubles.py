@@ -1,0 +1,87 @@
+"""A deterministic transcriber with no model: the test double of ``WhisperModelResource``.
+
+It exercises everything around the model (the asset graph, staging, waves, the result cache,
+redo, failure rows, publishing, the IO managers, the checks) in-process and in seconds. Its
+text names the chunk (``chunk 0 of 1a2b3c4d``), so a test can tell which content a row came
+from; its segment spans the chunk's speech, in seconds from the file's start, as the real
+transcriber reports it.
+"""
+
+import numpy as np
+from pydantic import Field
+
+from whisper_pipeline.core.batching import ChunkInput, ChunkResult, Segment
+from whisper_pipeline.resources.whisper import WhisperModelResource
+
+SAMPLE_RATE = 16000
+
+
+def fake_text(content_sha256: str, chunk_index: int) -> str:
+    """The text ``FakeTranscriber`` gives a chunk."""
+    return f"chunk {chunk_index} of {content_sha256[:8]}"
+
+
+class FakeTranscriber:
+    """Same interface as ``core.batching.BatchTranscriber``: ``transcribe`` and ``generate_calls``.
+
+    Args:
+        fail_contents: SHA-256 prefixes whose chunks "raise in the model" (``"*"``: all).
+    """
+
+    def __init__(self, fail_contents: list[str]):
+        self.fail_contents = list(fail_contents)
+        self.generate_calls = 0
+        self.chunks_seen = 0
+
+    def transcribe(self, chunks: list[ChunkInput]) -> list[ChunkResult]:
+        """One result per chunk; reads every feature value, as the encoder would."""
+        self.generate_calls += 1
+        results = []
+        for chunk in chunks:
+            self.chunks_seen += 1
+            float(np.asarray(chunk.features, dtype=np.float32).sum())
+            sha, index = chunk.key
+            if "*" in self.fail_contents or any(sha.startswith(p) for p in self.fail_contents):
+                results.append(ChunkResult(chunk.key, error="RuntimeError: fake model failure"))
+                continue
+            start = chunk.speech_starts[0] / SAMPLE_RATE
+            end = chunk.speech_ends[-1] / SAMPLE_RATE
+            segment = Segment(start, end, fake_text(sha, index), -0.1, 0.01, 1.2, 0.0)
+            results.append(ChunkResult(chunk.key, [segment], "en", 1.0))
+        return results
+
+
+class FakeTranscriberResource(WhisperModelResource):
+    """``WhisperModelResource`` with ``FakeTranscriber`` instead of the model.
+
+    Sizes are validated as for the real model (``beam_size``, ``batch_size``...); the model,
+    device and compute type are not, since none is used.
+
+    Attributes:
+        fail_contents: SHA-256 prefixes whose chunks fail in the "model" (``"*"``: all).
+    """
+
+    fail_contents: list[str] = Field(default_factory=list)
+
+    @property
+    def model_name(self) -> str:
+        """Recorded in the tables and the cache key, apart from any real model's."""
+        return "fake-transcriber"
+
+    def resolved_device(self) -> str:
+        """Always ``cpu``."""
+        return "cpu"
+
+    def resolved_compute_type(self) -> str:
+        """No compute type: ``none``."""
+        return "none"
+
+    def _device_problems(self) -> list[str]:
+        return []
+
+    def _model_problems(self) -> list[str]:
+        return []
+
+    def transcriber(self) -> FakeTranscriber:
+        """A fresh ``FakeTranscriber``."""
+        return FakeTranscriber(self.fail_contents)

@@ -1,0 +1,234 @@
+"""Publishing never destroys good data: config reaches every consumer, bad config and failed
+models fail loudly before replacing tables, and the tables stay consistent at every failure point.
+
+In-process with the test double transcriber (``doubles.py``): real audio, real preprocessing,
+real storage and Dagster, no model.
+"""
+
+import shutil
+from pathlib import Path
+
+import ctranslate2
+import dagster as dg
+import pyarrow as pa
+import pytest
+
+from whisper_pipeline.core.storage import Storage
+from whisper_pipeline.resources.whisper import WhisperModelResource
+from whisper_pipeline_tests.doubles import FakeTranscriberResource, fake_text
+from whisper_pipeline_tests.inprocess import (
+    TABLES,
+    materialize,
+    read_tables,
+    retries,
+    step_failures,
+)
+
+PARTITION = "2026-11-18"
+CLIPS = ("short/jfk.flac", "short/lj001_0001.wav", "short/lj001_0002.wav")
+
+
+def land(corpus: Path, root: Path, names=CLIPS, partition: str = PARTITION) -> Path:
+    """Copy corpus clips into the partition's landing folder (flat names)."""
+    landing = root / "raw" / partition
+    landing.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(corpus / name, landing / Path(name).name)
+    return landing
+
+
+def table_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        name: (root / "tables" / name / f"date={PARTITION}" / "part-0.parquet").read_bytes()
+        for name in TABLES
+    }
+
+
+def assert_consistent(tables: dict) -> None:
+    """No file is transcribed (ok/no_speech) in audio_files without its transcripts row."""
+    if tables["audio_files"] is None:
+        return
+    transcribed = {r["file_id"] for r in tables["audio_files"] if r["status"] != "failed"}
+    assert tables["transcripts"] is not None
+    missing = transcribed - {r["file_id"] for r in tables["transcripts"]}
+    assert not missing, f"transcribed in audio_files without a transcript: {missing}"
+
+
+@pytest.fixture
+def published(corpus, tmp_path):
+    """A partition published once from three clips; returns its root."""
+    root = tmp_path / "root"
+    land(corpus, root)
+    result = materialize(root, PARTITION)
+    assert result.success, step_failures(result)
+    return root
+
+
+def test_run_config_root_reaches_every_consumer(published, tmp_path, monkeypatch):
+    # The probe: with `root` set only in run config, the IO managers wrote to ./data.
+    monkeypatch.delenv("WHISPER_PIPELINE_ROOT", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = materialize(published, PARTITION, redo=True)
+    assert result.success, step_failures(result)
+    assert not (cwd / "data").exists()
+    tables = read_tables(published, PARTITION)
+    assert sorted(r["relative_path"] for r in tables["audio_files"]) == sorted(
+        Path(name).name for name in CLIPS
+    )
+    assert {r["status"] for r in tables["audio_files"]} == {"ok"}
+    texts = {r["content_sha256"]: r["text"] for r in tables["transcripts"]}
+    assert all(text == fake_text(sha, 0) for sha, text in texts.items())
+    assert (published / "staging" / "audio_manifest" / f"date={PARTITION}").exists()
+    assert list((published / "cache").rglob("*.json"))
+
+
+def test_endpoint_url_from_run_config_reaches_every_consumer(corpus, s3_server, monkeypatch):
+    # The probe: with `endpoint_url` set only in run config, the manifest went to real AWS.
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "WHISPER_PIPELINE_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    s3_server.put_objects(
+        "wiring",
+        {f"root/raw/{PARTITION}/{Path(n).name}": (corpus / n).read_bytes() for n in CLIPS[:2]},
+    )
+    result = materialize("s3://wiring/root", PARTITION, endpoint_url=s3_server.endpoint_url)
+    assert result.success, step_failures(result)
+    store = Storage("s3://wiring/root", s3_server.storage_options)
+    for name in TABLES:
+        table = store.read_partition(name, PARTITION)
+        assert table.num_rows >= 2, name
+    assert store.read_partition("audio_manifest", PARTITION, area="staging").num_rows == 2
+    assert len(store.fs.find(store.path("cache"))) == 2
+
+
+INVALID_CONFIGS = [
+    ({"beam_size": 0}, "beam_size must be at least 1"),
+    ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"model": "no-such-model"}, "unknown model 'no-such-model'"),
+    ({"compute_type": "float17"}, "compute_type 'float17' is not supported"),
+    ({"language": "xx"}, "not a Whisper language code"),
+]
+if ctranslate2.get_cuda_device_count() == 0:
+    INVALID_CONFIGS.append(({"device": "cuda"}, "sees no CUDA device"))
+
+
+@pytest.mark.parametrize(("config", "message"), INVALID_CONFIGS)
+def test_invalid_whisper_config_fails_first_without_retry_and_keeps_tables(
+    published, config, message
+):
+    before = table_bytes(published)
+    result = materialize(published, PARTITION, WhisperModelResource(**config), redo=True)
+    assert not result.success
+    failures = step_failures(result)
+    assert list(failures) == ["audio_manifest"] and message in failures["audio_manifest"]
+    assert retries(result) == 0
+    assert table_bytes(published) == before
+
+
+def test_model_failing_on_every_file_fails_and_keeps_tables(published):
+    before = table_bytes(published)
+    result = materialize(
+        published, PARTITION, FakeTranscriberResource(fail_contents=["*"]), redo=True
+    )
+    assert not result.success
+    (message,) = [m for k, m in step_failures(result).items() if k.endswith("write_tables")]
+    assert "failed for every one of the 3 files" in message
+    assert retries(result) == 0
+    assert table_bytes(published) == before
+
+
+def test_model_failing_on_one_file_publishes_a_failure_row(published):
+    sha = read_tables(published, PARTITION)["transcripts"][0]["content_sha256"]
+    result = materialize(
+        published, PARTITION, FakeTranscriberResource(fail_contents=[sha]), redo=True
+    )
+    assert result.success, step_failures(result)
+    files = {r["content_sha256"]: r for r in read_tables(published, PARTITION)["audio_files"]}
+    assert files[sha]["status"] == "failed"
+    assert files[sha]["error"].startswith("model failed on chunk 0: RuntimeError")
+    assert sum(r["status"] == "ok" for r in files.values()) == 2
+
+
+def test_missing_landing_folder_fails_and_keeps_tables(published):
+    before = table_bytes(published)
+    (published / "raw" / PARTITION).rename(published / "raw" / "elsewhere")
+    result = materialize(published, PARTITION)
+    assert not result.success
+    message = step_failures(result)["audio_manifest"]
+    assert "does not exist" in message and "left as they are" in message
+    assert retries(result) == 0
+    assert table_bytes(published) == before
+
+
+def test_existing_empty_landing_folder_publishes_empty_tables(published):
+    for path in (published / "raw" / PARTITION).iterdir():
+        path.unlink()
+    result = materialize(published, PARTITION)
+    assert result.success, step_failures(result)
+    assert read_tables(published, PARTITION) == {name: [] for name in TABLES}
+
+
+FAILURE_POINTS = [
+    pytest.param(0, False, id="before-the-first-write"),
+    pytest.param(1, False, id="after-the-bridge"),
+    pytest.param(2, False, id="after-audio_files"),
+    pytest.param(3, False, id="after-transcripts"),
+    # A plain OSError goes through the step's RetryPolicy (2 + 4 + 8 s of back-off).
+    pytest.param(1, True, id="after-the-bridge-with-retries", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("writes_before_failure", "retried"), FAILURE_POINTS)
+def test_tables_are_consistent_at_every_failure_point(
+    published, corpus, monkeypatch, writes_before_failure, retried
+):
+    # The probe: transcripts unwritable, audio_files already replaced, a file `ok` without its
+    # transcript. Here one file is deleted and one added, and table writes fail after the Nth.
+    landing = published / "raw" / PARTITION
+    (landing / Path(CLIPS[0]).name).unlink()
+    land(corpus, published, ["short/lj001_0003.wav"])
+    replace = Storage.replace_partition
+    writes = []
+
+    def failing_replace(self, table, partition_key, data, area="tables"):
+        if area == "tables":
+            if len(writes) >= writes_before_failure:
+                message = f"injected: {table} is not writable"
+                if retried:
+                    raise PermissionError(message)
+                raise dg.Failure(message, allow_retries=False)
+            writes.append(table)
+        return replace(self, table, partition_key, data, area)
+
+    monkeypatch.setattr(Storage, "replace_partition", failing_replace)
+    failed = materialize(published, PARTITION)
+    assert not failed.success
+    assert_consistent(read_tables(published, PARTITION))
+
+    monkeypatch.setattr(Storage, "replace_partition", replace)
+    repaired = materialize(published, PARTITION)
+    assert repaired.success, step_failures(repaired)
+    tables = read_tables(published, PARTITION)
+    assert_consistent(tables)
+    names = sorted(r["relative_path"] for r in tables["audio_files"])
+    assert names == sorted(["lj001_0001.wav", "lj001_0002.wav", "lj001_0003.wav"])
+    assert len(tables["transcripts"]) == 3
+
+
+def test_bridge_is_needed_without_it(published, corpus):
+    # Without the bridge write, the first failure point above is inconsistent: the new
+    # audio_files lists a new file as ok while the old transcripts lack it.
+    land(corpus, published, ["short/lj001_0003.wav"])
+    store = Storage(str(published))
+    old = read_tables(published, PARTITION)
+    result = materialize(published, PARTITION)
+    assert result.success
+    new = read_tables(published, PARTITION)
+    assert_consistent(new)
+    with pytest.raises(AssertionError, match="without a transcript"):
+        assert_consistent({**new, "transcripts": old["transcripts"]})
+    assert store.read_partition("transcripts", PARTITION).num_rows == 4
+    assert isinstance(store.read_partition("audio_files", PARTITION), pa.Table)
