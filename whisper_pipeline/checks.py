@@ -1,7 +1,9 @@
 """Asset checks on the published tables, run after each partition's materialization.
 
 They are one ``multi_asset_check`` (one step process per run instead of one per check), and
-each result is reported under its own check name.
+each result is reported under its own check name. The ``CHECKS`` are blocking errors (the
+tables break their contract); the ``WARNINGS`` are non-blocking warnings about the partition's
+data (files that failed, a day with nothing landed), shown on the asset in the UI.
 """
 
 from collections.abc import Iterator
@@ -21,6 +23,30 @@ CHECKS = {
     },
 }
 
+WARNINGS = {
+    ("audio_files", "no_failed_files"): "No landed file failed; the failed ones are listed.",
+    ("audio_files", "files_landed"): "At least one file landed in the partition.",
+}
+
+FAILED_FILES_SHOWN = 50
+"""Failed files listed in the ``no_failed_files`` check's metadata (the count covers all)."""
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def failed_files_markdown(failed: list[dict], limit: int = FAILED_FILES_SHOWN) -> str:
+    """A markdown table of failed ``audio_files`` rows: relative path and reason.
+
+    At most ``limit`` rows, then a line saying how many more there are.
+    """
+    lines = ["| relative_path | reason |", "|---|---|"]
+    lines += [f"| {_cell(r['relative_path'])} | {_cell(r['error'])} |" for r in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"\n… and {len(failed) - limit} more (`status = 'failed'` in audio_files)")
+    return "\n".join(lines)
+
 
 def _schema_differences(table, expected) -> list[str]:
     if table.schema.names != expected.names:
@@ -36,12 +62,16 @@ def _schema_differences(table, expected) -> list[str]:
     specs=[
         dg.AssetCheckSpec(name, asset=asset, description=description, blocking=True)
         for (asset, name), description in CHECKS.items()
+    ]
+    + [
+        dg.AssetCheckSpec(name, asset=asset, description=description, blocking=False)
+        for (asset, name), description in WARNINGS.items()
     ],
 )
 def transcript_table_checks(
     context: dg.AssetCheckExecutionContext, storage: StorageResource
 ) -> Iterator[dg.AssetCheckResult]:
-    """Row-count, coverage, empty-text and schema checks on one partition of the tables."""
+    """Row-count, coverage, empty-text, schema, failed-file and empty-day checks on a partition."""
     store = storage.get()
     key = context.partition_key
     manifest = store.read_partition("audio_manifest", key, area="staging")
@@ -76,6 +106,31 @@ def transcript_table_checks(
         check_name="text_where_speech",
         passed=not empty,
         metadata={"empty_ok_transcripts": len(empty), "examples": ", ".join(empty[:5])},
+    )
+
+    failed = [row for row in files if row["status"] == STATUS_FAILED]
+    yield dg.AssetCheckResult(
+        asset_key="audio_files",
+        check_name="no_failed_files",
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(failed)} of {len(files)} files failed" if failed else None,
+        metadata={
+            "files_failed": len(failed),
+            "files": len(files),
+            "failed_files": dg.MetadataValue.md(failed_files_markdown(failed)),
+        },
+    )
+    yield dg.AssetCheckResult(
+        asset_key="audio_files",
+        check_name="files_landed",
+        passed=bool(files),
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if files else f"no files landed under raw/{key}/",
+        metadata={
+            "files": len(files),
+            "landing_zone": dg.MetadataValue.path(store.uri(store.raw_dir(key))),
+        },
     )
 
     for name, schema in TABLE_SCHEMAS.items():

@@ -9,6 +9,7 @@ from whisper_pipeline.assets.manifest import audio_manifest
 from whisper_pipeline.assets.transcription import ACCELERATOR_TAG_KEY, transcript_tables
 from whisper_pipeline.checks import transcript_table_checks
 from whisper_pipeline.io_managers import PartitionedParquetIOManager
+from whisper_pipeline.landing import landing_zone_sensor
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.schedules import nightly_transcription_schedule, transcribe_partition_job
 from whisper_pipeline.sensors import dead_run_sensor
@@ -55,7 +56,7 @@ defs = dg.Definitions(
     asset_checks=[transcript_table_checks],
     jobs=[transcribe_partition_job],
     schedules=[nightly_transcription_schedule],
-    sensors=[dead_run_sensor],
+    sensors=[dead_run_sensor, landing_zone_sensor],
     resources=build_resources(),
     executor=executor,
 )

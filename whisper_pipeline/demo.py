@@ -76,6 +76,27 @@ def write_sample_speech(directory: Path) -> list[Path]:
     return [*written, silence, corrupt]
 
 
+def duckdb_query(tables: str, partition: str) -> str:
+    """A ready-to-paste DuckDB query for one partition's files and transcripts.
+
+    Args:
+        tables: The ``tables`` folder (``Storage.path("tables")``), absolute so the query works
+            from any directory.
+        partition: The partition key (``YYYY-MM-DD``).
+
+    Returns:
+        One SQL statement: every landed file of the partition with its status, error and text.
+    """
+    return (
+        "select a.relative_path, a.status, a.error, t.text\n"
+        f"from read_parquet('{tables}/audio_files/*/*.parquet', hive_partitioning = true) a\n"
+        f"left join read_parquet('{tables}/transcripts/*/*.parquet', hive_partitioning = true) t\n"
+        "  using (file_id)\n"
+        f"where a.date = date '{partition}'\n"
+        "order by a.relative_path;"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Stage sample audio, materialize the partition, print the tables; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         detail = transcripts.get(row["file_id"], "") or row["error"]
         lines.append(f"  {row['status']:<9} {row['relative_path']:<24} {detail}")
     lines.append(f"Tables: {storage.path('tables')}")
+    lines.append(f"\nQuery partition {args.partition} with DuckDB (duckdb CLI or duckdb.sql):")
+    lines.append(duckdb_query(storage.path("tables"), args.partition))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

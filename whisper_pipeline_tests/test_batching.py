@@ -64,6 +64,7 @@ def test_cross_file_batches_give_the_same_text_as_one_chunk_at_a_time(model, inp
     assert batched.generate_calls < single.generate_calls
 
 
+@pytest.mark.slow  # the real model for several seconds
 def test_batched_text_matches_references(corpus, model, inputs):
     from whisper_pipeline_tests.conftest import corpus_rows
 
@@ -74,6 +75,7 @@ def test_batched_text_matches_references(corpus, model, inputs):
     assert english_wer([references[f] for f in CLIPS], [hypotheses[f] for f in CLIPS]) < 0.08
 
 
+@pytest.mark.slow  # the real model for several seconds
 def test_segments_are_ordered_and_inside_the_file(corpus, model, inputs):
     results = BatchTranscriber(model, DecodingOptions()).transcribe(inputs)
     with open(corpus / "long/sonnet_002.mp3", "rb") as handle:
@@ -101,6 +103,7 @@ class PoisonedTranscriber(BatchTranscriber):
         return super()._first_pass(batch)
 
 
+@pytest.mark.slow  # the real model for several seconds
 def test_a_chunk_that_raises_in_the_model_fails_alone(model, inputs):
     poison = ChunkInput(PoisonedTranscriber.poisoned, inputs[0].features, (0,), (16000,))
     transcriber = PoisonedTranscriber(model, DecodingOptions(batch_size=8))

@@ -5,6 +5,7 @@ import yaml
 
 from whisper_pipeline.assets.transcription import ACCELERATOR_TAG_KEY, GPU_POOL
 from whisper_pipeline.definitions import EXECUTOR_CONFIG, defs, executor
+from whisper_pipeline.resources import StorageResource
 from whisper_pipeline.schedules import nightly_transcription_schedule
 from whisper_pipeline_tests.conftest import REPOSITORY
 
@@ -40,10 +41,13 @@ def test_dagster_yaml_limits_pools_to_one_and_frees_crashed_slots():
     assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
 
 
-def test_nightly_schedule_requests_yesterdays_partition():
-    instance = dg.DagsterInstance.ephemeral()
+def test_nightly_schedule_requests_yesterdays_partition(tmp_path):
+    instance = dg.DagsterInstance.local_temp(str(tmp_path))  # schedules need a persistent one
     context = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=datetime(2026, 11, 21, 2, 0)
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 11, 21, 2, 0),
+        resources={"storage": StorageResource(root=str(tmp_path))},
+        repository_def=defs.get_repository_def(),
     )
     schedule = defs.resolve_schedule_def(nightly_transcription_schedule.name)
     requests = schedule.evaluate_tick(context).run_requests

@@ -75,6 +75,7 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
     retry_policy=STORAGE_RETRY,
     group_name="staging",
     kinds={"python", "parquet"},
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing
 )
 def audio_manifest(
     context: dg.AssetExecutionContext, storage: StorageResource, whisper: WhisperModelResource
@@ -105,6 +106,7 @@ def audio_manifest(
             + " (create the folder, even empty, to publish a day without audio)",
             allow_retries=False,
         )
+    fingerprint = store.listing_fingerprint(key)  # before listing: a file landing now reruns
     landed = store.list_landed(key)
     with ThreadPoolExecutor(STAGING_THREADS) as pool:
         rows = list(pool.map(lambda f: stage_file(store, key, f), landed))
@@ -121,5 +123,6 @@ def audio_manifest(
             "audio_hours": round(seconds / 3600, 4),
             "bytes": sum(row["size_bytes"] for row in rows),
             "landing_zone": dg.MetadataValue.path(store.uri(store.raw_dir(key))),
+            "landing_fingerprint": fingerprint,  # read by whisper_pipeline.landing
         },
     )

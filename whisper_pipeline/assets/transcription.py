@@ -15,6 +15,7 @@ import pyarrow as pa
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.chunking import log_mel, split_spooled
+from whisper_pipeline.core.progress import Progress
 from whisper_pipeline.core.results import (
     ContentResult,
     assemble,
@@ -287,12 +288,20 @@ def preprocess_shard(
     audio_s = 0.0
     features_path = posixpath.join(shard.shard_dir, FEATURES_FILE)
     store.fs.makedirs(shard.shard_dir, exist_ok=True)
+    progress = Progress(
+        f"shard {shard.index} preprocessing",
+        len(shard.files),
+        sum(declared or 0.0 for _, _, declared in shard.files),
+        unit="files",
+        log=context.log.info,
+    )
     with (
         store.fs.open(features_path, "wb") as features_out,
         tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as spool_dir,
+        progress,
     ):
         spool_path = os.path.join(spool_dir, "audio.s16")
-        for sha, path, declared in shard.files:
+        for sha, path, declared in progress.each(shard.files, lambda f: f[2] or 0.0):
             try:
                 with store.fs.open(path, "rb") as handle:
                     decoded = audio.spool(handle, spool_path)
@@ -389,6 +398,10 @@ for every CTranslate2 worker to have several batches per seek round, few enough 
 feature pages a step keeps resident do not grow with the shard."""
 
 
+FRAMES_PER_SECOND = 100
+"""Log-mel feature frames per second of audio (hop of 160 samples at 16 kHz)."""
+
+
 def wave_size(whisper: WhisperModelResource) -> int:
     """Chunks per wave: ``WAVE_BATCHES`` first-pass batches."""
     return WAVE_BATCHES * max(1, whisper.batch_size)
@@ -413,20 +426,28 @@ def transcribe_shard(
     failed, to the run's staging folder (so the next run tries it again).
     """
     store = storage.get()
+    frames = {
+        (r["content_sha256"], r["chunk_index"]): r["n_frames"]
+        for r in read_chunk_rows(store, shard.plan.shard_dir)
+    }
     started = time.perf_counter()
     transcriber = whisper.transcriber()
     loaded = time.perf_counter()
     shard_dir = shard.plan.shard_dir
     results = []
-    with tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as local_dir:
+    progress = Progress(
+        f"shard {shard.plan.index} transcription",
+        len(frames),
+        sum(frames.values()) / FRAMES_PER_SECOND,
+        unit="chunks",
+        log=context.log.info,
+    )
+    with tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as local_dir, progress:
         waves = chunk_waves(store, shard_dir, shard.n_mels, wave_size(whisper), local_dir)
         for wave in waves:
             results += transcriber.transcribe(wave)
+            progress.advance(len(wave), sum(chunk.duration_s for chunk in wave))
     finished = time.perf_counter()
-    frames = {
-        (r["content_sha256"], r["chunk_index"]): r["n_frames"]
-        for r in read_chunk_rows(store, shard_dir)
-    }
     files = store.read_parquet(posixpath.join(shard_dir, FILES_FILE)).to_pylist()
     assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())
     with ThreadPoolExecutor(RESULT_THREADS) as pool:
@@ -553,6 +574,17 @@ def publish_bridge(context: dg.OpExecutionContext, store: Storage, transcripts: 
         store.replace_partition("transcripts", key, bridge)
 
 
+def warn_failed_files(context: dg.OpExecutionContext, files: pa.Table) -> None:
+    """One warning line per failed file of the ``audio_files`` table: its path and the reason.
+
+    Where users look first (the run's log in the UI), e.g. ``failed: broken/notes.mp3: not an
+    audio file (...)``. The same rows are the ``no_failed_files`` check's table.
+    """
+    for row in files.select(["relative_path", "status", "error"]).to_pylist():
+        if row["status"] == STATUS_FAILED:
+            context.log.warning("failed: %s: %s", row["relative_path"], row["error"])
+
+
 @dg.op(
     out={
         # Graph-backed assets take the IO manager from the op's outputs.
@@ -590,6 +622,7 @@ def write_tables(
         whisper.beam_size,
         started_at,
     )
+    warn_failed_files(context, files)
     reached, model_errors = model_failures(files)
     if reached and len(model_errors) == reached:
         raise dg.Failure(
@@ -656,6 +689,7 @@ def write_tables(
     },
     partitions_def=daily_partitions,
     group_name="transcripts",
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing
 )
 def transcript_tables(audio_manifest):
     """Preprocess shards on CPU in parallel, transcribe them in micro-batches, publish tables."""

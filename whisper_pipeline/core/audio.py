@@ -23,12 +23,45 @@ HASH_BLOCK_BYTES = 1 << 20
 DECODE_GROUP_SAMPLES = 500_000
 """Source samples FFmpeg frames are grouped into before resampling (faster-whisper's value)."""
 
+NO_SAMPLES = "no audio in the file (decoding yielded no samples)"
+"""Reason of a file that opens as audio but decodes to nothing."""
+
 PCM16_SCALE = 1 / 32768
 """Full-scale float per 16-bit PCM step: FFmpeg's s16 to flt conversion (and faster-whisper's)."""
 
 
 class AudioError(Exception):
-    """A file could not be read as audio (no audio stream, corrupt data, no samples)."""
+    """A file could not be read as audio (no audio stream, corrupt data, no samples).
+
+    Its message is the reason users see (``audio_files.error``, the run's warnings): plain words
+    first, FFmpeg's detail after them, never FFmpeg's error number (``_ffmpeg_reason``).
+    """
+
+
+def _ffmpeg_detail(error: Exception) -> str:
+    """FFmpeg's text for ``error`` without its error number or file name (``[Errno 10949...]``)."""
+    if isinstance(error, av.error.FFmpegError) and error.strerror:
+        detail = str(error.strerror)
+        return detail[:1].lower() + detail[1:]
+    return f"{type(error).__name__}: {error}"
+
+
+def _ffmpeg_reason(error: Exception, opened: bool) -> str:
+    """A plain reason for an error PyAV raised while opening (or, once ``opened``, decoding).
+
+    Example: ``not an audio file (not readable as audio: invalid data found when processing
+    input)`` instead of ``[Errno 1094995529] Invalid data found when processing input: '<none>'``.
+    """
+    detail = _ffmpeg_detail(error)
+    if not opened:
+        if isinstance(error, av.error.InvalidDataError | UnicodeDecodeError):
+            return f"not an audio file (not readable as audio: {detail})"
+        return f"not readable as audio ({detail})"
+    if isinstance(error, av.error.DecoderNotFoundError):
+        return f"unsupported audio codec (decode failed: {detail})"
+    if isinstance(error, av.error.InvalidDataError):
+        return f"corrupt audio data (decode failed: {detail})"
+    return f"audio could not be decoded (decode failed: {detail})"
 
 
 @dataclass(frozen=True)
@@ -86,9 +119,9 @@ def probe(stream: BinaryIO) -> ProbeResult:
             channels = context.channels
             sample_rate = context.sample_rate
             if not channels:
-                raise AudioError("audio stream declares zero channels")
+                raise AudioError("broken audio header (the stream declares zero channels)")
             if not sample_rate:
-                raise AudioError("audio stream declares a zero sample rate")
+                raise AudioError("broken audio header (the stream declares a zero sample rate)")
             duration = None
             if audio_stream.duration is not None and audio_stream.time_base is not None:
                 duration = float(audio_stream.duration * audio_stream.time_base)
@@ -103,7 +136,7 @@ def probe(stream: BinaryIO) -> ProbeResult:
     except AudioError:
         raise
     except (av.error.FFmpegError, ValueError, UnicodeDecodeError) as error:
-        raise AudioError(f"not readable as audio: {error}") from error
+        raise AudioError(_ffmpeg_reason(error, opened=False)) from error
 
 
 def decode_pcm16(stream: BinaryIO) -> Iterator[np.ndarray]:
@@ -130,14 +163,16 @@ def decode_pcm16(stream: BinaryIO) -> Iterator[np.ndarray]:
         AudioError: FFmpeg cannot open or decode the stream.
     """
     resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    opened = False
     try:
         with av.open(stream, mode="r", metadata_errors="ignore") as container:
+            opened = True
             frames = _ignore_invalid_frames(container.decode(audio=0))
             frames = _group_frames(frames, DECODE_GROUP_SAMPLES)
             for frame in _resample_frames(frames, resampler):
                 yield frame.to_ndarray().reshape(-1)
     except (av.error.FFmpegError, ValueError, IndexError) as error:
-        raise AudioError(f"decode failed: {error}") from error
+        raise AudioError(_ffmpeg_reason(error, opened)) from error
     finally:
         del resampler
 
@@ -157,7 +192,7 @@ def decode(stream: BinaryIO) -> np.ndarray:
     """
     blocks = list(decode_pcm16(stream))
     if not blocks or not sum(block.size for block in blocks):
-        raise AudioError("decoding yielded no samples")
+        raise AudioError(NO_SAMPLES)
     return np.concatenate(blocks).astype(np.float32) * np.float32(PCM16_SCALE)
 
 
@@ -252,7 +287,7 @@ def spool(stream: BinaryIO, path: str) -> SpooledAudio:
                 n_samples += block.size
                 out.write(block.tobytes())
     if n_samples == 0:
-        raise AudioError("decoding yielded no samples")
+        raise AudioError(NO_SAMPLES)
     return SpooledAudio(PcmFile(path, n_samples), peak)
 
 

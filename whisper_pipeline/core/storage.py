@@ -10,7 +10,9 @@ Layout under the root::
 """
 
 import errno
+import hashlib
 import io
+import json
 import os
 import posixpath
 import stat
@@ -172,6 +174,38 @@ class Storage:
             found = _list_object_store(self.fs.find(base, detail=True), base)
         return sorted(found, key=lambda f: f.relative_path)
 
+    def listing_fingerprint(self, partition_key: str) -> str | None:
+        """Fingerprint of the partition's landing folder listing, without reading any file.
+
+        One ``find(detail=True)`` listing, subfolders included. Each entry contributes its
+        relative path, size and version: the ETag on object stores (a replaced object gets a new
+        one), else the modification time. Hidden names and folder markers are left out, as
+        ``list_landed`` leaves them out, so a partial upload (``.name.part``) changes nothing.
+        Any file landed, deleted or replaced (other size or modification time) changes it.
+
+        Args:
+            partition_key: The daily partition, ``YYYY-MM-DD``.
+
+        Returns:
+            32 hex characters (``EMPTY_LISTING_FINGERPRINT`` for an existing empty folder), or
+            ``None`` when the folder does not exist.
+        """
+        base = self.raw_dir(partition_key)
+        if not self.fs.isdir(base):
+            return None
+        prefix = base.rstrip("/") + "/"
+        entries = []
+        for path, info in self.fs.find(base, detail=True).items():
+            if info.get("type") == "directory" or not path.startswith(prefix):
+                continue
+            relative = path[len(prefix) :]
+            size = int(info.get("size") or 0)
+            if relative == "" or (relative.endswith("/") and size == 0) or _is_hidden(relative):
+                continue
+            version = next((info[k] for k in _VERSION_FIELDS if info.get(k) not in (None, "")), "")
+            entries.append((relative, size, str(version)))
+        return _fingerprint(sorted(entries))
+
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Write a file so readers see the old content or the new, never a part.
 
@@ -225,6 +259,20 @@ class Storage:
         """Read a table's partition (raises ``FileNotFoundError`` when never written)."""
         directory = self.table_dir(table, partition_key, area)
         return self.read_parquet(posixpath.join(directory, PARTITION_FILE))
+
+
+_VERSION_FIELDS = ("ETag", "etag", "generation", "mtime", "LastModified", "updated")
+"""Listing fields naming a file's version, first present wins: object stores' ETag (S3, GCS,
+Azure), GCS's generation, else a modification time (local ``mtime``, S3 ``LastModified``)."""
+
+
+def _fingerprint(entries: list[tuple[str, int, str]]) -> str:
+    """32 hex characters of SHA-256 over a sorted ``(relative path, size, version)`` list."""
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
+
+
+EMPTY_LISTING_FINGERPRINT = _fingerprint([])
+"""``Storage.listing_fingerprint`` of an existing landing folder with nothing in it."""
 
 
 def _is_hidden(relative_path: str) -> bool:

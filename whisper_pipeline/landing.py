@@ -1,0 +1,290 @@
+"""Landing folders observed: every daily partition stays equal to its landing folder.
+
+Files land late (an upload retried the next morning), get deleted (a recording withdrawn) or
+replaced (a re-export). ``landing_zone_sensor`` and the nightly schedule (``schedules.py``) both
+judge the partitions of a lookback window with ``landing_states``, one rule for both:
+
+* **Window**: the ``WHISPER_PIPELINE_LOOKBACK_DAYS`` (default 7, read at every evaluation) most
+  recent complete daily partitions, yesterday always included.
+* **Fingerprint**: ``Storage.listing_fingerprint``, a hash of the landing folder's listing
+  (relative path, size, ETag or modification time of each entry; nothing is read). The
+  ``audio_manifest`` materialization records the fingerprint of the listing it staged
+  (``landing_fingerprint`` metadata, taken before listing, so a file landing meanwhile makes the
+  next evaluation run the partition again rather than be missed).
+* **Stale**: the folder exists and its fingerprint differs from the one the published tables
+  were built from: the latest ``audio_manifest`` materialization's fingerprint, counted only when
+  all three tables were materialized after it (a run that staged the manifest and then failed
+  leaves the partition stale). A partition never materialized is stale when its folder is not
+  empty. A partition whose folder is missing is never stale (``audio_manifest`` refuses to
+  publish empty tables over a missing folder), nor one that a queued or running
+  ``transcribe_partition`` run is already transcribing with this exact fingerprint (run tag
+  ``LANDING_FINGERPRINT_TAG``).
+
+A run of a stale partition rebuilds it from its folder: only new or changed contents are
+transcribed (the result cache is keyed by content), rows of deleted files disappear because the
+partition's tables are replaced.
+
+**Requests.** The sensor requests each stale partition once per listing: its cursor is a JSON
+object mapping partition key to the fingerprint last requested (entries leave it when their
+partition leaves the window), so later ticks over the same listing launch nothing, and a run
+that fails is not relaunched every two minutes (the nightly schedule retries it). Run keys are
+``{partition}:{fingerprint}:{storage id of the manifest materialization compared with}`` (0 when
+none): Dagster skips a request whose key a run of the same sensor already carries, so a lost
+cursor never duplicates a run, while a listing that comes back to an earlier state after another
+run (a file deleted, then uploaded again with the same ETag) gets a new key and is rebuilt. The
+schedule requests yesterday (always, as before) plus every stale partition; Dagster scopes a
+schedule's run keys to the scheduled time, so re-evaluating one tick launches nothing twice
+while the next night retries what is still stale.
+
+**Backfill policy.** Both assets declare ``BackfillPolicy.multi_run(1)``: one run per partition.
+A failure or a kill then loses one day, not the range, and each day's result is published as
+soon as its run ends; the per-partition runs queue behind the ``gpu`` pool (limit 1), so model
+loads never overlap. ``single_run`` would load the model once for the whole range, but a model
+load (seconds, about 10 s for large-v3 on a GPU) is small against a day of audio, and cached
+contents are not transcribed again anyway; it would also need both assets rewritten to loop over
+``context.partition_key_range`` (they read ``context.partition_key``, which a multi-partition
+run does not have).
+"""
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from whisper_pipeline.core.storage import EMPTY_LISTING_FINGERPRINT, Storage
+from whisper_pipeline.partitions import daily_partitions
+from whisper_pipeline.resources import StorageResource
+
+TRANSCRIBE_JOB_NAME = "transcribe_partition"
+"""The asset job that materializes one partition (defined in ``schedules.py``)."""
+
+LOOKBACK_ENV = "WHISPER_PIPELINE_LOOKBACK_DAYS"
+"""Environment variable: how many recent daily partitions are watched (read at evaluation)."""
+
+DEFAULT_LOOKBACK_DAYS = 7
+"""Partitions watched when ``WHISPER_PIPELINE_LOOKBACK_DAYS`` is unset: yesterday and 6 before."""
+
+LANDING_SENSOR_INTERVAL_S = 120
+"""Seconds between the sensor's ticks (each lists every watched landing folder once)."""
+
+FINGERPRINT_METADATA_KEY = "landing_fingerprint"
+"""``audio_manifest`` output metadata: the fingerprint of the listing it staged."""
+
+LANDING_FINGERPRINT_TAG = "whisper_pipeline/landing_fingerprint"
+"""Run tag on requested runs: the fingerprint of the listing the run was requested for."""
+
+PARTITION_TAG = "dagster/partition"
+"""Dagster's run tag holding a single-partition run's partition key."""
+
+MANIFEST_KEY = dg.AssetKey("audio_manifest")
+"""The staging asset whose materializations record the fingerprint."""
+
+TABLE_KEYS = tuple(
+    dg.AssetKey(name) for name in ("audio_files", "transcripts", "transcript_segments")
+)
+"""The tables that must be published after the manifest for its fingerprint to count."""
+
+PENDING_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+"""Statuses of a run that has not finished transcribing what it was requested for."""
+
+
+def lookback_days() -> int:
+    """``WHISPER_PIPELINE_LOOKBACK_DAYS`` now, else 7.
+
+    Raises:
+        ValueError: When the variable is set to anything but a whole number of days >= 1 (the
+            tick fails with this message rather than silently watching another window).
+    """
+    raw = os.environ.get(LOOKBACK_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LOOKBACK_DAYS
+    try:
+        days = int(raw)
+    except ValueError:
+        days = 0
+    if days < 1:
+        raise ValueError(f"{LOOKBACK_ENV} must be a whole number of days >= 1, not {raw!r}")
+    return days
+
+
+def lookback_window(now: datetime, days: int) -> list[str]:
+    """The ``days`` most recent complete daily partitions at ``now``, oldest first.
+
+    The last is yesterday's (a daily partition exists once its day has ended). A naive ``now``
+    is taken as UTC.
+    """
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return list(daily_partitions.get_partition_keys(current_time=now)[-days:])
+
+
+@dataclass(frozen=True)
+class LandingState:
+    """What one partition's landing folder holds against what its tables were built from.
+
+    Attributes:
+        partition_key: The daily partition.
+        fingerprint: The folder's listing fingerprint now; ``None`` when the folder is missing.
+        recorded: The fingerprint the published tables were built from; ``None`` when unknown
+            (never materialized, tables not published since the manifest, or a manifest
+            materialized before fingerprints were recorded).
+        since: Storage id of the latest ``audio_manifest`` materialization (0: none).
+        in_flight: Whether a queued or running run is transcribing this exact listing.
+    """
+
+    partition_key: str
+    fingerprint: str | None
+    recorded: str | None
+    since: int
+    in_flight: bool
+
+    @property
+    def stale(self) -> bool:
+        """Whether the partition must be rebuilt from its folder (see the module's rule)."""
+        if self.fingerprint is None or self.in_flight:
+            return False
+        if self.since == 0:
+            return self.fingerprint != EMPTY_LISTING_FINGERPRINT
+        return self.fingerprint != self.recorded
+
+    @property
+    def run_key(self) -> str:
+        """``{partition}:{fingerprint}:{since}``: one run per listing and materialization state."""
+        return f"{self.partition_key}:{self.fingerprint or 'missing'}:{self.since}"
+
+    def run_request(self) -> dg.RunRequest:
+        """A run of ``transcribe_partition`` for this partition, tagged with the fingerprint."""
+        tags = {LANDING_FINGERPRINT_TAG: self.fingerprint} if self.fingerprint else {}
+        return dg.RunRequest(partition_key=self.partition_key, run_key=self.run_key, tags=tags)
+
+    def describe(self) -> str:
+        """Why the partition is (not) requested, for logs."""
+        if self.fingerprint is None:
+            return f"{self.partition_key}: no landing folder"
+        if self.in_flight:
+            return f"{self.partition_key}: a queued or running run covers this listing"
+        if self.since == 0:
+            state = "never materialized"
+        elif self.recorded is None:
+            state = "tables not published from a fingerprinted manifest"
+        elif self.recorded != self.fingerprint:
+            state = "folder changed since the last materialization"
+        else:
+            return f"{self.partition_key}: up to date"
+        return f"{self.partition_key}: {state}" + ("" if self.stale else " (empty folder)")
+
+
+def _recorded(
+    instance: dg.DagsterInstance, partition_keys: Sequence[str]
+) -> dict[str, tuple[int, str | None]]:
+    """Per partition: (storage id of the latest manifest materialization, usable fingerprint)."""
+    materialized = dg.DagsterEventType.ASSET_MATERIALIZATION
+    manifest_ids = instance.get_latest_storage_id_by_partition(
+        MANIFEST_KEY, materialized, set(partition_keys)
+    )
+    if not manifest_ids:
+        return {}
+    tables = [
+        instance.get_latest_storage_id_by_partition(key, materialized, set(manifest_ids))
+        for key in TABLE_KEYS
+    ]
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=MANIFEST_KEY, storage_ids=list(manifest_ids.values())),
+        limit=len(manifest_ids),
+    ).records
+    recorded = {}
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is None or materialization.partition is None:
+            continue
+        key = materialization.partition
+        value = materialization.metadata.get(FINGERPRINT_METADATA_KEY)
+        fingerprint = value.value if value is not None else None
+        published = all(table.get(key, -1) > record.storage_id for table in tables)
+        usable = fingerprint if published and isinstance(fingerprint, str) else None
+        recorded[key] = (record.storage_id, usable)
+    return recorded
+
+
+def _in_flight(instance: dg.DagsterInstance, partition_keys: Iterable[str]) -> set[tuple[str, str]]:
+    """(partition, fingerprint) of every queued or running run of the job in the window."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name=TRANSCRIBE_JOB_NAME,
+            statuses=PENDING_STATUSES,
+            tags={PARTITION_TAG: list(partition_keys)},
+        )
+    )
+    return {
+        (run.tags[PARTITION_TAG], run.tags[LANDING_FINGERPRINT_TAG])
+        for run in runs
+        if PARTITION_TAG in run.tags and LANDING_FINGERPRINT_TAG in run.tags
+    }
+
+
+def landing_states(
+    instance: dg.DagsterInstance, storage: Storage, partition_keys: Sequence[str]
+) -> list[LandingState]:
+    """Judge each partition's landing folder against what its tables were built from.
+
+    One listing per folder and four event-log queries plus one run query in all.
+
+    Args:
+        instance: The Dagster instance holding the materializations and runs.
+        storage: The storage whose ``raw/`` folders are the landing zone.
+        partition_keys: The partitions to judge (``lookback_window``).
+
+    Returns:
+        One ``LandingState`` per partition key, in the order given.
+    """
+    recorded = _recorded(instance, partition_keys)
+    in_flight = _in_flight(instance, partition_keys)
+    states = []
+    for key in partition_keys:
+        fingerprint = storage.listing_fingerprint(key)
+        since, fingerprint_then = recorded.get(key, (0, None))
+        states.append(
+            LandingState(key, fingerprint, fingerprint_then, since, (key, fingerprint) in in_flight)
+        )
+    return states
+
+
+@dg.sensor(
+    job_name=TRANSCRIBE_JOB_NAME,
+    minimum_interval_seconds=LANDING_SENSOR_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def landing_zone_sensor(
+    context: dg.SensorEvaluationContext, storage: StorageResource
+) -> dg.SensorResult:
+    """Run every recent partition whose landing folder changed since it was last materialized.
+
+    Late, deleted or replaced files under ``raw/YYYY-MM-DD/`` within the lookback window request
+    one ``transcribe_partition`` run of that day per listing (see ``whisper_pipeline.landing``).
+    """
+    keys = lookback_window(datetime.now(UTC), lookback_days())
+    states = landing_states(context.instance, storage.get(), keys)
+    requested = json.loads(context.cursor) if context.cursor else {}
+    cursor = {key: requested[key] for key in keys if key in requested}
+    requests = []
+    for state in states:
+        if state.stale and requested.get(state.partition_key) != state.fingerprint:
+            context.log.info("requesting %s", state.describe())
+            requests.append(state.run_request())
+            cursor[state.partition_key] = state.fingerprint
+    new_cursor = json.dumps(cursor, sort_keys=True)
+    if requests:
+        return dg.SensorResult(run_requests=requests, cursor=new_cursor)
+    stale = sum(state.stale for state in states)
+    reason = f"{len(keys)} landing folders ({keys[0]}..{keys[-1]}): nothing new to request"
+    if stale:
+        reason += f" ({stale} stale, already requested for their listing)"
+    return dg.SensorResult(skip_reason=reason, cursor=new_cursor)
