@@ -73,3 +73,20 @@ def test_shards_hold_more_audio_when_the_model_runs_on_cpu():
     assert auto.audio_s_per_shard("cpu") == CPU_MIN_AUDIO_S_PER_SHARD == 1800
     assert auto.audio_s_per_shard("cuda") == GPU_MIN_AUDIO_S_PER_SHARD == 300
     assert PlanShardsConfig(min_audio_s_per_shard=60).audio_s_per_shard("cpu") == 60
+
+
+def test_each_published_table_describes_itself_in_the_ui():
+    import dagster as dg
+
+    from whisper_pipeline.core.schema import TABLE_SCHEMAS
+    from whisper_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    descriptions = set()
+    for name, schema in TABLE_SCHEMAS.items():
+        node = graph.get(dg.AssetKey(name))
+        descriptions.add(node.description)
+        columns = node.metadata["dagster/column_schema"].columns
+        assert [c.name for c in columns] == schema.names
+        assert all(c.description for c in columns)
+    assert len(descriptions) == len(TABLE_SCHEMAS)

@@ -24,7 +24,13 @@ from whisper_pipeline.core.results import (
     model_failures,
     options_key,
 )
-from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_NO_SPEECH, STATUS_OK
+from whisper_pipeline.core.schema import (
+    STATUS_FAILED,
+    STATUS_NO_SPEECH,
+    STATUS_OK,
+    TABLE_DESCRIPTIONS,
+    TABLE_SCHEMAS,
+)
 from whisper_pipeline.core.staging import (
     CHUNKS_FILE,
     FEATURES_FILE,
@@ -238,7 +244,7 @@ def plan_shards(
         if sha in cached:
             skipped.add(sha)
             continue
-        path = store.fs._strip_protocol(row["source_uri"])
+        path = store.path_of(row["source_uri"])
         # Unknown durations (raw AAC) are estimated from size at 128 kbit/s, for balancing only.
         balance = row["duration_s"] or row["size_bytes"] / 16000
         pending[sha] = (sha, path, row["duration_s"], balance)
@@ -681,12 +687,26 @@ def write_tables(
         store.fs.rm(run_dir, recursive=True)
 
 
+def table_out(name: str) -> dg.AssetOut:
+    """The ``AssetOut`` of a published table: its own description and column schema in the UI."""
+    columns = [
+        dg.TableColumn(
+            field.name,
+            str(field.type),
+            description=field.metadata[b"doc"].decode(),
+            constraints=dg.TableColumnConstraints(nullable=field.nullable),
+        )
+        for field in TABLE_SCHEMAS[name]
+    ]
+    return dg.AssetOut(
+        description=TABLE_DESCRIPTIONS[name],
+        kinds={"parquet"},
+        metadata={"dagster/column_schema": dg.TableSchema(columns=columns)},
+    )
+
+
 @dg.graph_multi_asset(
-    outs={
-        "audio_files": dg.AssetOut(kinds={"parquet"}),
-        "transcripts": dg.AssetOut(kinds={"parquet"}),
-        "transcript_segments": dg.AssetOut(kinds={"parquet"}),
-    },
+    outs={name: table_out(name) for name in TABLE_SCHEMAS},
     partitions_def=daily_partitions,
     group_name="transcripts",
     backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing

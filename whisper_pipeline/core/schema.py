@@ -67,6 +67,16 @@ TRANSCRIPT_SEGMENTS = pa.schema(
     ]
 )
 
+TABLE_DESCRIPTIONS = {
+    "audio_files": "One row per entry landed under raw/YYYY-MM-DD/: where it is, its SHA-256, "
+    "what the probe found, and its final status (ok, no_speech, or failed with the reason).",
+    "transcripts": "One row per transcribed file (status ok or no_speech): the full text, its "
+    "language, durations, and the model, compute type and beam size that produced it.",
+    "transcript_segments": "The timestamped segments of each transcript, times in seconds from "
+    "the start of the file.",
+}
+"""What each published table holds (its description in the Dagster UI)."""
+
 TABLE_SCHEMAS = {
     "audio_files": AUDIO_FILES,
     "transcripts": TRANSCRIPTS,

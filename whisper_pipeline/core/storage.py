@@ -82,6 +82,10 @@ class Storage:
         """Join ``parts`` under the root (POSIX separators)."""
         return posixpath.join(self.root, *parts)
 
+    def path_of(self, uri: str) -> str:
+        """The filesystem path of a URI that ``uri`` made (``file:///a/b`` -> ``/a/b``)."""
+        return fsspec.core.strip_protocol(uri)
+
     def uri(self, path: str) -> str:
         """Full URI of a path (``file:///...`` or ``s3://...``)."""
         return self.fs.unstrip_protocol(path)
