@@ -10,6 +10,7 @@ features of the shared corpus's long recordings, repeated) and transcribes it th
 with the pipeline's default resource (tiny.en, int8 on CPU, two workers, batch 8). It prints
 the process's peak RSS (``VmHWM``) before and after transcription. ``--wave-size N`` overrides
 the wave (0: the pipeline's own ``wave_size``); a wave of every chunk is the old behaviour.
+``--no-trim`` skips ``core.memory.release_free_memory`` between waves (the ablation).
 """
 
 import argparse
@@ -33,7 +34,7 @@ def vm_hwm_mib() -> float:
     return 0.0
 
 
-def worker(chunks: int, wave: int) -> dict:
+def worker(chunks: int, wave: int, trim: bool) -> dict:
     """Stage ``chunks`` speech chunks and transcribe them; returns the measurements."""
     import numpy as np
     import pyarrow as pa
@@ -41,6 +42,7 @@ def worker(chunks: int, wave: int) -> dict:
     from whisper_pipeline.assets.transcription import wave_size
     from whisper_pipeline.core import audio
     from whisper_pipeline.core.chunking import log_mel, split_spooled
+    from whisper_pipeline.core.memory import release_free_memory
     from whisper_pipeline.core.staging import (
         CHUNKS_FILE,
         FEATURES_FILE,
@@ -92,9 +94,13 @@ def worker(chunks: int, wave: int) -> dict:
         results = []
         for batch in chunk_waves(store, shard_dir, extractor.mel_filters.shape[0], size, scratch):
             results += transcriber.transcribe(batch)
+            del batch  # as transcribe_shard does
+            if trim:
+                release_free_memory()
         return {
             "chunks": chunks,
             "wave_size": size,
+            "trim": trim,
             "peak_before_mib": round(before),
             "peak_mib": round(vm_hwm_mib()),
             "seconds": round(time.perf_counter() - started, 1),
@@ -106,14 +112,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", default="40,400")
     parser.add_argument("--wave-size", type=int, default=0)
+    parser.add_argument("--no-trim", action="store_true")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.wave_size)))
+        print(json.dumps(worker(args.worker, args.wave_size, not args.no_trim)))
         return 0
     for count in (int(c) for c in args.chunks.split(",")):
         command = [sys.executable, __file__, "--worker", str(count)]
         command += ["--wave-size", str(args.wave_size)]
+        command += ["--no-trim"] if args.no_trim else []
         completed = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
         if completed.returncode:
             print(completed.stderr[-3000:], file=sys.stderr)

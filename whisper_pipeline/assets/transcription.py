@@ -15,6 +15,7 @@ import pyarrow as pa
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.chunking import log_mel, split_spooled
+from whisper_pipeline.core.memory import release_free_memory
 from whisper_pipeline.core.progress import Progress
 from whisper_pipeline.core.results import (
     ContentResult,
@@ -453,6 +454,8 @@ def transcribe_shard(
         for wave in waves:
             results += transcriber.transcribe(wave)
             progress.advance(len(wave), sum(chunk.duration_s for chunk in wave))
+            del wave  # drop the wave's feature map before trimming
+            release_free_memory()  # the heap must not grow with the waves done (core.memory)
     finished = time.perf_counter()
     files = store.read_parquet(posixpath.join(shard_dir, FILES_FILE)).to_pylist()
     assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())

@@ -5,7 +5,6 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
-from whisper_pipeline.core.memory import fix_mmap_threshold
 
 
 def usable_cores() -> int:
@@ -192,10 +191,6 @@ class WhisperModelResource(dg.ConfigurableResource):
         """The ``faster_whisper.WhisperModel``, loaded on first call and kept for the process."""
         if self._loaded is None:
             from faster_whisper import WhisperModel
-
-            # Before the model allocates: keeps the step's heap from growing with the batches
-            # it has decoded (core.memory).
-            fix_mmap_threshold()
 
             device = self.resolved_device()
             if device == "cpu":
