@@ -24,19 +24,16 @@ Prints a Markdown table with the CPU model. Other load on the machine skews both
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from whisper_pipeline.assets.transcription import step_intervals
-from whisper_pipeline.commands import DEFINITIONS_MODULE, materialize_command
+from whisper_pipeline.commands import backfill_command, materialize_command, running_daemon
 from whisper_pipeline.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PARTITIONS = [f"2026-11-{day:02d}" for day in range(1, 8)]
 CLIPS_PER_PARTITION = 2
 TIMEOUT_S = 1800
@@ -103,39 +100,27 @@ def backfill(work: Path, corpus: Path) -> dict:
     # Creating the instance makes its SQLite databases before the daemon opens them (a daemon
     # and a client creating a fresh instance's tables at once can race).
     instance = DagsterInstance.from_config(str(home))
-    with open(work / "daemon.log", "w") as log:
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-m", DEFINITIONS_MODULE],
-            env=env,
-            cwd=REPOSITORY,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
     try:
-        deadline = time.monotonic() + 120
-        while "QUEUED_RUN_COORDINATOR" not in instance.get_daemon_heartbeats():
-            assert daemon.poll() is None and time.monotonic() < deadline, "daemon not up"
-            time.sleep(0.5)
-        started = time.time()
-        command = [
-            str(BIN / "dagster"), "job", "backfill", "-m", DEFINITIONS_MODULE,
-            "-j", TRANSCRIBE_JOB_NAME, "--partitions", ",".join(PARTITIONS), "--noprompt",
-        ]  # fmt: skip
-        launched = subprocess.run(command, env=env, cwd=REPOSITORY, capture_output=True, text=True)
-        assert launched.returncode == 0, launched.stdout + launched.stderr
-        submitted = time.time() - started
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            runs = instance.get_runs()
-            if len(runs) == len(PARTITIONS) and all(run.is_finished for run in runs):
-                break
-            assert daemon.poll() is None and time.monotonic() < deadline, "backfill stuck"
-            time.sleep(1)
+        with running_daemon(env, REPOSITORY, work / "daemon.log") as daemon:
+            deadline = time.monotonic() + 120
+            while "QUEUED_RUN_COORDINATOR" not in instance.get_daemon_heartbeats():
+                assert daemon.poll() is None and time.monotonic() < deadline, "daemon not up"
+                time.sleep(0.5)
+            started = time.time()
+            command = backfill_command(PARTITIONS, TRANSCRIBE_JOB_NAME)
+            launched = subprocess.run(
+                command, env=env, cwd=REPOSITORY, capture_output=True, text=True
+            )
+            assert launched.returncode == 0, launched.stdout + launched.stderr
+            submitted = time.time() - started
+            deadline = time.monotonic() + TIMEOUT_S
+            while True:
+                runs = instance.get_runs()
+                if len(runs) == len(PARTITIONS) and all(run.is_finished for run in runs):
+                    break
+                assert daemon.poll() is None and time.monotonic() < deadline, "backfill stuck"
+                time.sleep(1)
     finally:
-        if daemon.poll() is None:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(timeout=30)
         instance.dispose()
     stats = run_stats(home)
     note = f"{submitted:.1f} s to submit the runs"

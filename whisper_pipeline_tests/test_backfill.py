@@ -9,17 +9,16 @@ under ``dagster.yaml``'s limits (two backfill runs at once, one run per partitio
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
 from whisper_pipeline.assets.transcription import GPU_POOL, step_intervals
+from whisper_pipeline.commands import backfill_command, running_daemon
 from whisper_pipeline.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
 from whisper_pipeline_tests.conftest import REPOSITORY
 
@@ -35,24 +34,9 @@ LANDED = {
 """1-2 short clips (2-6 s of speech) per partition, all different: nothing is a cache hit, so
 every run transcribes and takes the gpu slot."""
 PARTITIONS = sorted(LANDED)
-BIN = Path(sys.executable).parent
 BACKFILL_BOUND_S = 600
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 BACKFILL_TAG = "dagster/backfill"
-
-
-def backfill_command(partitions: list[str]) -> list[str]:
-    """What a user types: every asset of the job, for the partitions given, without a prompt."""
-    return [
-        str(BIN / "dagster"), "job", "backfill", "-m", "whisper_pipeline.definitions",
-        "-j", TRANSCRIBE_JOB_NAME, "--partitions", ",".join(partitions), "--noprompt",
-    ]  # fmt: skip
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
@@ -88,16 +72,7 @@ def test_cli_backfill_runs_one_queued_run_per_partition(corpus, tmp_path, dagste
         **{LOOKBACK_ENV: "1"},
     )
     instance = dg.DagsterInstance.from_config(str(dagster_home))
-    with open(tmp_path / "daemon.log", "w") as log:
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-m", "whisper_pipeline.definitions"],
-            env=env,
-            cwd=REPOSITORY,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    try:
+    with running_daemon(env, REPOSITORY, tmp_path / "daemon.log") as daemon:
         launched = subprocess.run(
             backfill_command(PARTITIONS),
             env=env,
@@ -120,8 +95,6 @@ def test_cli_backfill_runs_one_queued_run_per_partition(corpus, tmp_path, dagste
             assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-5000:]
             assert time.monotonic() < deadline, [run.status for run in runs]
             time.sleep(1)
-    finally:
-        stop(daemon)
 
     records = instance.get_run_records(filters=backfill_runs)
     assert sorted(record.dagster_run.tags["dagster/partition"] for record in records) == PARTITIONS
