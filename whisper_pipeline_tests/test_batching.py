@@ -195,6 +195,7 @@ def test_token_budget_grows_with_the_window_and_stops_at_the_model_limit(model):
     )
 
 
+@pytest.mark.slow  # the real model for several seconds
 def test_a_window_that_reaches_the_token_budget_is_continued_not_cut(model, inputs):
     long_chunks = [chunk for chunk in inputs if chunk.duration_s > 8][:3]
     free = CountingTranscriber(model, DecodingOptions(max_tokens_per_second=None))

@@ -102,6 +102,7 @@ def peak_rss_mib(root, chunks: int, wave: int) -> float:
     return measured["peak_mib"]
 
 
+@pytest.mark.slow  # three processes over 400 MB of staged features
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_transcription_memory_is_bounded_by_the_wave_not_the_shard(tmp_path):
     # The probe: a transcription step's memory grew with the chunks of its shard (the whole
