@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from whisper_pipeline.assets.transcription import step_intervals
 from whisper_pipeline.commands import backfill_command, materialize_command, running_daemon
 from whisper_pipeline.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
+from whisper_pipeline.metrics import step_intervals
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PARTITIONS = [f"2026-11-{day:02d}" for day in range(1, 8)]

@@ -10,8 +10,9 @@ reports wall seconds, chunks and the process's peak RSS:
 1. ``whole-file``: faster-whisper's ``decode_audio`` into one array, peak normalization for
    VAD, Silero VAD over the whole array, then log-mel features per chunk (the usual in-memory way,
    as ``WhisperModel.transcribe`` and ``BatchedInferencePipeline`` hold a file);
-2. ``streaming``: this project's ``audio.spool`` (16-bit PCM to a local file, block by block),
-   block-wise VAD and per-chunk slicing (``chunking.split_speech``), then the same features.
+2. ``streaming``: this project's ``preprocess.preprocess_file``: ``audio.spool`` (16-bit PCM
+   to a local file, block by block), block-wise VAD and per-chunk slicing
+   (``chunking.split_spooled``), then the same features.
 
 Features are written to a scratch file in both, as the preprocessing step does.
 """
@@ -110,17 +111,20 @@ def streaming(path: Path, features_out) -> tuple[float, int]:
     """Method 2; returns (audio seconds, chunks)."""
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from whisper_pipeline.core import audio
-    from whisper_pipeline.core.chunking import log_mel, split_spooled
+    from whisper_pipeline.core.preprocess import preprocess_file
 
     extractor = FeatureExtractor()
-    chunks = 0
     with tempfile.TemporaryDirectory() as scratch, open(path, "rb") as handle:
-        decoded = audio.spool(handle, os.path.join(scratch, "audio.s16"))
-        for chunk in split_spooled(decoded):
-            features_out.write(log_mel(extractor, chunk.audio).T.tobytes())
-            chunks += 1
-        return decoded.duration_s, chunks
+        done = preprocess_file(
+            handle,
+            None,
+            extractor,
+            os.path.join(scratch, "audio.s16"),
+            lambda _chunk, features: features_out.write(features.T.tobytes()),
+        )
+    if done.error:
+        raise RuntimeError(done.error)
+    return done.duration_s, done.chunks
 
 
 METHODS = {"whole-file": whole_file, "streaming": streaming}

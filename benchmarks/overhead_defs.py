@@ -2,6 +2,7 @@
 
 Only for ``benchmarks/step_overhead.py``: ``OVERHEAD_START_METHOD`` is ``forkserver`` (the
 project's setting, preloading dagster and the code location) or ``spawn`` (Dagster's default).
+Everything but the executor is ``whisper_pipeline.definitions.defs`` itself.
 """
 
 import os
@@ -16,8 +17,11 @@ if method == "spawn":
     config["start_method"] = {"spawn": {}}
 
 defs = dg.Definitions(
-    assets=[definitions.audio_manifest, definitions.transcript_tables],
-    asset_checks=[definitions.transcript_table_checks],
-    resources=definitions.resources,
+    assets=definitions.defs.assets,
+    asset_checks=definitions.defs.asset_checks,
+    jobs=definitions.defs.jobs,
+    schedules=definitions.defs.schedules,
+    sensors=definitions.defs.sensors,
+    resources=definitions.defs.resources,
     executor=dg.multiprocess_executor.configured(config),
 )

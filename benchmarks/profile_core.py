@@ -16,15 +16,15 @@ worker. Speed-ups are against the first setting in the same run.
 import argparse
 import csv
 import os
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from faster_whisper import WhisperModel
 
-from whisper_pipeline.core import audio
 from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput, DecodingOptions
-from whisper_pipeline.core.chunking import log_mel, split_speech
+from whisper_pipeline.core.preprocess import preprocess_file
 from whisper_pipeline.resources.whisper import bundled_model_path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -94,14 +94,18 @@ def main() -> None:
     totals["model load"] = time.perf_counter() - started
     inputs = []
     started = time.perf_counter()
-    for name in files:
-        with open(corpus / name, "rb") as handle:
-            waveform = audio.decode(handle)
-        for chunk in split_speech(waveform, vad_scale=audio.peak_scale(waveform)):
-            features = log_mel(model.feature_extractor, chunk.audio)
-            inputs.append(
-                ChunkInput((name, chunk.index), features, chunk.speech_starts, chunk.speech_ends)
-            )
+    with tempfile.TemporaryDirectory(prefix="whisper_profile_") as scratch:
+        spool_path = os.path.join(scratch, "audio.s16")
+        for name in files:
+
+            def add_chunk(chunk, features, name=name):
+                key = (name, chunk.index)
+                inputs.append(ChunkInput(key, features, chunk.speech_starts, chunk.speech_ends))
+
+            with open(corpus / name, "rb") as handle:
+                done = preprocess_file(handle, None, model.feature_extractor, spool_path, add_chunk)
+            if done.error:
+                raise RuntimeError(f"{name}: {done.error}")
     totals["decode + VAD + log-mel"] = time.perf_counter() - started
     if args.parallelism:
         compare_parallelism(inputs, args.parallelism, args.batch_size)

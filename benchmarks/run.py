@@ -412,7 +412,7 @@ def transcribe_each(inputs: list[AudioInput], transcribe, started: float) -> dic
     for item in inputs:
         try:
             texts[item.name] = " ".join(s.text.strip() for s in transcribe(item.path))
-        except Exception as error:  # noqa: BLE001 - recorded, the benchmark goes on
+        except Exception as error:  # recorded, the benchmark goes on
             texts[item.name], errors[item.name] = "", f"{type(error).__name__}: {error}"
     return {"texts": texts, "errors": errors, "wall_s": time.perf_counter() - started}
 
@@ -443,9 +443,9 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
         ``texts`` (name to transcript), ``errors`` (name to message), ``wall_s``, and
         ``chunks`` and ``generate_calls`` counts.
     """
-    from whisper_pipeline.core import audio
     from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput, DecodingOptions
-    from whisper_pipeline.core.chunking import log_mel, split_spooled
+    from whisper_pipeline.core.preprocess import preprocess_file
+    from whisper_pipeline.core.schema import STATUS_FAILED
 
     started = time.perf_counter()
     model = load_pipeline_model(config)
@@ -454,21 +454,22 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch:
         spool_path = os.path.join(scratch, "audio.s16")
         for item in inputs:
-            try:
-                with open(item.path, "rb") as handle:
-                    decoded = audio.spool(handle, spool_path)
-            except audio.AudioError as error:
-                errors[item.name] = str(error)
-                continue
-            for chunk in split_spooled(decoded):
+
+            def add_chunk(chunk, features, name=item.name):
                 chunk_inputs.append(
                     ChunkInput(
-                        key=(item.name, chunk.index),
-                        features=log_mel(model.feature_extractor, chunk.audio),
+                        key=(name, chunk.index),
+                        features=features,
                         speech_starts=chunk.speech_starts,
                         speech_ends=chunk.speech_ends,
                     )
                 )
+
+            with open(item.path, "rb") as handle:
+                # No declared duration: the benchmark never skipped truncated files.
+                done = preprocess_file(handle, None, model.feature_extractor, spool_path, add_chunk)
+            if done.status == STATUS_FAILED:
+                errors[item.name] = done.error
     options = DecodingOptions(beam_size=config.beam_size, batch_size=config.batch_size)
     transcriber = BatchTranscriber(model, options)
     results = transcriber.transcribe(chunk_inputs)
@@ -726,9 +727,7 @@ def corpus_wer(inputs: list[AudioInput], texts: dict[str, str]) -> float | None:
     scored = [item for item in inputs if item.scored]
     if not scored:
         return None
-    if str(REPOSITORY) not in sys.path:
-        sys.path.insert(0, str(REPOSITORY))  # whisper_pipeline_tests is not an installed package
-    from whisper_pipeline_tests.conftest import english_wer
+    from whisper_pipeline.evaluation import english_wer  # jiwer and the normalizer: dev extras
 
     return english_wer([item.reference for item in scored], [texts[item.name] for item in scored])
 

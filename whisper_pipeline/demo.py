@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import soundfile
 
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.core.audio import SAMPLE_RATE
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.resources.storage import DEFAULT_ROOT
 
@@ -70,7 +71,7 @@ def write_sample_speech(directory: Path) -> list[Path]:
         soundfile.write(path, samples, rate)
         written.append(path)
     silence = directory / "silence.wav"
-    soundfile.write(silence, np.zeros(16000 * 3, dtype=np.float32), 16000)
+    soundfile.write(silence, np.zeros(SAMPLE_RATE * 3, dtype=np.float32), SAMPLE_RATE)
     corrupt = directory / "corrupt_upload.mp3"
     corrupt.write_bytes(b"this upload was cut off before any audio arrived\n")
     return [*written, silence, corrupt]

@@ -88,12 +88,3 @@ def planned_and_cached(log: str) -> tuple[int, int]:
     match = re.search(r"(\d+) distinct contents to transcribe.*; (\d+) already cached", log)
     assert match, "plan_shards did not log its plan"
     return int(match.group(1)), int(match.group(2))
-
-
-def english_wer(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER after OpenAI Whisper's English text normalizer on both sides."""
-    import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    normalize = EnglishTextNormalizer()
-    return jiwer.wer([normalize(r) for r in references], [normalize(h) for h in hypotheses])

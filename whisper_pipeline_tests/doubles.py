@@ -10,10 +10,9 @@ transcriber reports it.
 import numpy as np
 from pydantic import Field
 
+from whisper_pipeline.core.audio import SAMPLE_RATE
 from whisper_pipeline.core.batching import ChunkInput, ChunkResult, Segment
 from whisper_pipeline.resources.whisper import WhisperModelResource
-
-SAMPLE_RATE = 16000
 
 
 def fake_text(content_sha256: str, chunk_index: int) -> str:

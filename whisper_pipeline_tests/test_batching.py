@@ -12,7 +12,7 @@ from whisper_pipeline.core.batching import (
     pad_features,
 )
 from whisper_pipeline.core.chunking import log_mel, split_speech
-from whisper_pipeline_tests.conftest import english_wer
+from whisper_pipeline.evaluation import english_wer
 
 CLIPS = [
     "short/jfk.flac",

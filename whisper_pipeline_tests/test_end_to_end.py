@@ -6,11 +6,11 @@ import shutil
 import duckdb
 import pytest
 
+from whisper_pipeline.evaluation import english_wer
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,
     SHARDED,
     corpus_rows,
-    english_wer,
     materialize_cli,
 )
 

@@ -7,9 +7,9 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from whisper_pipeline.evaluation import english_wer
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,
-    english_wer,
     materialize_cli,
     plan_config,
     planned_and_cached,

@@ -1,7 +1,13 @@
 from datetime import UTC, datetime
 
 from whisper_pipeline.core.batching import ChunkResult, DecodingOptions, Segment
-from whisper_pipeline.core.results import ContentResult, assemble, build_tables, options_key
+from whisper_pipeline.core.results import (
+    ContentResult,
+    ModelSpec,
+    assemble,
+    build_tables,
+    options_key,
+)
 
 NOW = "2026-11-21T02:00:00+00:00"
 
@@ -67,9 +73,8 @@ def test_build_tables_gives_failed_files_no_transcript_and_shares_duplicate_cont
         ),  # fmt: skip
         "x": ContentResult("x", "failed", error="model failed", transcribed_at=NOW),
     }
-    files, transcripts, segments = build_tables(
-        manifest, results, "tiny.en", "int8", 5, datetime.now(UTC)
-    )
+    spec = ModelSpec("tiny.en", "cpu", "int8", DecodingOptions(beam_size=5))
+    files, transcripts, segments = build_tables(manifest, results, spec, datetime.now(UTC))
     status = {r["file_id"]: (r["status"], r["error"]) for r in files.to_pylist()}
     assert status == {
         "one.wav": ("ok", ""),
@@ -87,3 +92,20 @@ def test_options_key_changes_with_anything_that_changes_the_text():
     assert base != options_key("tiny.en", "float16", DecodingOptions())
     assert base != options_key("small.en", "int8", DecodingOptions())
     assert base != options_key("tiny.en", "int8", DecodingOptions(beam_size=1))
+
+
+def test_model_spec_is_the_one_identity_of_cache_key_and_metadata():
+    from whisper_pipeline.resources.whisper import WhisperModelResource
+
+    spec = WhisperModelResource(beam_size=3, device="cpu").spec()
+    assert spec == ModelSpec("tiny.en", "cpu", "int8", DecodingOptions(beam_size=3))
+    assert spec.cache_key == options_key("tiny.en", "int8", DecodingOptions(beam_size=3))
+    assert spec.metadata() == {
+        "model": "tiny.en",
+        "device": "cpu",
+        "compute_type": "int8",
+        "beam_size": 3,
+        "cache_key": spec.cache_key,
+    }
+    # One default per knob: the resource's are the decoding options'.
+    assert WhisperModelResource().decoding_options() == DecodingOptions()

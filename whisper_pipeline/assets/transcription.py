@@ -1,21 +1,21 @@
 import math
 import os
 import posixpath
-import resource
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
-from whisper_pipeline.core import audio
-from whisper_pipeline.core.chunking import log_mel, split_spooled
+from whisper_pipeline.core.chunking import SpeechChunk
 from whisper_pipeline.core.memory import release_free_memory
+from whisper_pipeline.core.preprocess import preprocess_file
 from whisper_pipeline.core.progress import Progress
 from whisper_pipeline.core.results import (
     ContentResult,
@@ -23,7 +23,6 @@ from whisper_pipeline.core.results import (
     bridge_transcripts,
     build_tables,
     model_failures,
-    options_key,
 )
 from whisper_pipeline.core.schema import (
     STATUS_FAILED,
@@ -32,6 +31,7 @@ from whisper_pipeline.core.schema import (
     TABLE_DESCRIPTIONS,
     TABLE_SCHEMAS,
 )
+from whisper_pipeline.core.sharding import PendingFile, balance_shards
 from whisper_pipeline.core.staging import (
     CHUNKS_FILE,
     FEATURES_FILE,
@@ -46,6 +46,7 @@ from whisper_pipeline.core.staging import (
     remove_stale_runs,
 )
 from whisper_pipeline.core.storage import Storage
+from whisper_pipeline.metrics import idle_metrics, peak_rss_mib, preview_markdown, step_intervals
 from whisper_pipeline.partitions import daily_partitions
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.sensors import record_orchestrator
@@ -55,11 +56,6 @@ ACCELERATOR_TAG_KEY = "whisper_pipeline/accelerator"
 
 GPU_POOL = "gpu"
 """Dagster pool of the transcription op; ``dagster.yaml`` limits it to one slot across runs."""
-
-TRUNCATION_RATIO = 0.9
-"""A file decoding to less than this share of its header's duration (less 0.5 s) is truncated.
-On the shared corpus the lowest ratio for a whole file is 0.958 (raw ADTS AAC, whose header
-duration is a bitrate estimate)."""
 
 RESULT_THREADS = 8
 """Result files read or written at once (small objects; I/O-bound on object stores)."""
@@ -125,21 +121,11 @@ class ShardTranscripts:
     peak_rss_mib: float
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size in MiB (``getrusage``; Linux reports KiB).
-
-    A step process forked from the executor's forkserver starts from the forkserver's size, so
-    this includes the preloaded modules.
-    """
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 CPU_MIN_AUDIO_S_PER_SHARD = 1800.0
-"""Audio per shard when the model runs on CPU. There transcription is about 16 times slower
-than preprocessing (real-time factor 0.04 against 0.0025 on 2 cores), so overlapping them saves
-little, while every extra shard costs two step processes, a model load and emptier batches.
-The corpus partition (1212 s) took 55.7 s as 1 shard, 64.1 s as 2 and 66.8 s as 4 (same
-session, ``benchmarks/RESULTS.md``)."""
+"""Audio per shard when the model runs on CPU. There transcription is far slower than
+preprocessing, so overlapping them saves little, while every extra shard costs two step
+processes, a model load and emptier batches: the corpus partition ran fastest as one shard
+(timings in ``benchmarks/RESULTS.md``)."""
 
 GPU_MIN_AUDIO_S_PER_SHARD = 300.0
 """Audio per shard when the model runs on CUDA, where transcription is about as fast as one
@@ -168,35 +154,6 @@ class PlanShardsConfig(dg.Config):
         if self.min_audio_s_per_shard > 0:
             return self.min_audio_s_per_shard
         return CPU_MIN_AUDIO_S_PER_SHARD if device == "cpu" else GPU_MIN_AUDIO_S_PER_SHARD
-
-
-def plan(files: list[tuple], shards: int) -> list[list[tuple]]:
-    """Split files into ``shards`` groups of about equal audio duration.
-
-    Longest-processing-time-first greedy (Graham 1969): each file, longest first, goes to the
-    group with the least audio so far; within 4/3 of the optimum makespan.
-
-    Args:
-        files: Tuples whose last item is the duration in seconds used for balancing.
-        shards: Number of groups (>= 1).
-
-    Returns:
-        Non-empty groups of the tuples, without their balancing duration.
-    """
-    groups: list[list[tuple]] = [[] for _ in range(shards)]
-    loads = [0.0] * shards
-    for *item, duration in sorted(files, key=lambda f: f[-1], reverse=True):
-        target = loads.index(min(loads))
-        groups[target].append(tuple(item))
-        loads[target] += max(duration, 1e-3)
-    return [group for group in groups if group]
-
-
-def whisper_options_key(whisper: WhisperModelResource) -> str:
-    """Cache key of the configured model, compute type and decoding options."""
-    return options_key(
-        whisper.model_name, whisper.resolved_compute_type(), whisper.decoding_options()
-    )
 
 
 def run_state(instance: dg.DagsterInstance, run_id: str) -> str:
@@ -234,9 +191,9 @@ def plan_shards(
     if removed:
         context.log.info("removed the staging folders of %d ended runs", len(removed))
     run_dir = store.staging_dir(context.partition_key, context.run_id)
-    key = whisper_options_key(whisper)
+    key = whisper.spec().cache_key
     cached = set() if config.redo else store.cached_contents(key)
-    pending: dict[str, tuple] = {}
+    pending: dict[str, PendingFile] = {}
     skipped = set()
     for row in audio_manifest.to_pylist():
         sha = row["content_sha256"]
@@ -248,11 +205,11 @@ def plan_shards(
         path = store.path_of(row["source_uri"])
         # Unknown durations (raw AAC) are estimated from size at 128 kbit/s, for balancing only.
         balance = row["duration_s"] or row["size_bytes"] / 16000
-        pending[sha] = (sha, path, row["duration_s"], balance)
-    total = sum(f[-1] for f in pending.values())
+        pending[sha] = PendingFile(sha, path, row["duration_s"], balance)
+    total = sum(f.balance_s for f in pending.values())
     per_shard = config.audio_s_per_shard(whisper.resolved_device())
     shards = max(1, min(config.max_shards, math.ceil(total / per_shard)))
-    groups = plan(list(pending.values()), shards) if pending else []
+    groups = balance_shards(list(pending.values()), shards) if pending else []
     context.log.info(
         "%d distinct contents to transcribe (%.0f s of audio) in %d shards; %d already cached",
         len(pending),
@@ -261,8 +218,9 @@ def plan_shards(
         len(skipped),
     )
     for index, group in enumerate(groups):
+        files = tuple((f.content_sha256, f.path, f.duration_s) for f in group)
         yield dg.DynamicOutput(
-            ShardPlan(index, run_dir, key, tuple(group)), mapping_key=f"shard_{index:05d}"
+            ShardPlan(index, run_dir, key, files), mapping_key=f"shard_{index:05d}"
         )
 
 
@@ -308,38 +266,30 @@ def preprocess_shard(
         progress,
     ):
         spool_path = os.path.join(spool_dir, "audio.s16")
+
+        def stage_chunk(sha: str, chunk: SpeechChunk, features: np.ndarray) -> None:
+            nonlocal frame_offset
+            features_out.write(np.ascontiguousarray(features.T, dtype=np.float32).tobytes())
+            chunks.append(
+                {
+                    "content_sha256": sha,
+                    "chunk_index": chunk.index,
+                    "frame_offset": frame_offset,
+                    "n_frames": features.shape[1],
+                    "speech_starts": list(chunk.speech_starts),
+                    "speech_ends": list(chunk.speech_ends),
+                }
+            )
+            frame_offset += features.shape[1]
+
         for sha, path, declared in progress.each(shard.files, lambda f: f[2] or 0.0):
-            try:
-                with store.fs.open(path, "rb") as handle:
-                    decoded = audio.spool(handle, spool_path)
-            except audio.AudioError as error:
-                files.append(_file_row(sha, None, 0.0, STATUS_FAILED, str(error)))
-                continue
-            duration = decoded.duration_s
-            if declared and duration < TRUNCATION_RATIO * declared - 0.5:
-                error = f"truncated: decoded {duration:.2f} s of the {declared:.2f} s declared"
-                files.append(_file_row(sha, duration, 0.0, STATUS_FAILED, error))
-                continue
-            audio_s += duration
-            speech_s = 0.0
-            for chunk in split_spooled(decoded):
-                features = log_mel(extractor, chunk.audio)
-                features_out.write(np.ascontiguousarray(features.T, dtype=np.float32).tobytes())
-                chunks.append(
-                    {
-                        "content_sha256": sha,
-                        "chunk_index": chunk.index,
-                        "frame_offset": frame_offset,
-                        "n_frames": features.shape[1],
-                        "speech_starts": list(chunk.speech_starts),
-                        "speech_ends": list(chunk.speech_ends),
-                    }
+            with store.fs.open(path, "rb") as handle:
+                done = preprocess_file(
+                    handle, declared, extractor, spool_path, partial(stage_chunk, sha)
                 )
-                frame_offset += features.shape[1]
-                speech_s += chunk.duration_s
-            status = STATUS_OK if speech_s else STATUS_NO_SPEECH
-            files.append(_file_row(sha, duration, speech_s, status, ""))
-            del decoded
+            if done.status != STATUS_FAILED:
+                audio_s += done.duration_s
+            files.append(_file_row(sha, done.duration_s, done.speech_s, done.status, done.error))
     store.write_parquet(
         posixpath.join(shard.shard_dir, CHUNKS_FILE),
         pa.Table.from_pylist(chunks, schema=SHARD_CHUNKS),
@@ -485,81 +435,6 @@ def transcribe_shard(
     return ShardTranscripts(shard, decode_s, loaded - started, transcriber.generate_calls, peak)
 
 
-STEP_ENDS = (
-    dg.DagsterEventType.STEP_SUCCESS,
-    dg.DagsterEventType.STEP_FAILURE,
-    dg.DagsterEventType.STEP_UP_FOR_RETRY,
-)
-
-
-def step_intervals(instance: dg.DagsterInstance, run_id: str, op_name: str) -> list[tuple]:
-    """Wall-clock ``(start, end)`` epoch seconds of each attempt of an op's steps in a run.
-
-    Read from the run's event log (``STEP_START`` to success, failure or retry), so it covers
-    steps that ran in other processes. A step still running has no interval.
-    """
-    records = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, *STEP_ENDS})
-    starts: dict[str, float] = {}
-    intervals = []
-    for record in sorted(records, key=lambda r: r.timestamp):
-        step = record.step_key or ""
-        if step.rsplit(".", 1)[-1].split("[", 1)[0] != op_name:
-            continue
-        if record.dagster_event.event_type == dg.DagsterEventType.STEP_START:
-            starts[step] = record.timestamp
-        elif step in starts:
-            intervals.append((starts.pop(step), record.timestamp))
-    return intervals
-
-
-def idle_metrics(intervals: list[tuple], busy_s: float, run_started: float | None = None) -> dict:
-    """How much of the transcription window the accelerator was not decoding.
-
-    The window runs from the first transcription step's start to the last one's end. Idle
-    time is the window less ``busy_s`` (seconds inside batched decoding, summed over steps):
-    waiting for preprocessing, step start-up, model loads, feature reads and result writes.
-    What comes before the window (the manifest, planning, the first shard's preprocessing) is
-    reported apart, as the start delay.
-
-    Args:
-        intervals: ``(start, end)`` epoch seconds of the transcription steps.
-        busy_s: Seconds spent in batched decoding across those steps.
-        run_started: Epoch seconds the run started (``RunStats.start_time``), if known.
-
-    Returns:
-        ``transcription_window_seconds``, ``transcription_idle_fraction`` (0 to 1),
-        ``transcription_wait_seconds`` (window time with no transcription step running at all)
-        and, given ``run_started``, ``transcription_start_delay_seconds`` (run start to the
-        first transcription step's start); empty when there were no steps.
-    """
-    if not intervals:
-        return {}
-    first_start = min(start for start, _ in intervals)
-    window = max(end for _, end in intervals) - first_start
-    covered, reach = 0.0, -math.inf
-    for start, end in sorted(intervals):
-        covered += max(0.0, end - max(start, reach))
-        reach = max(reach, end)
-    return {
-        "transcription_window_seconds": round(window, 2),
-        "transcription_idle_fraction": round(max(0.0, 1 - busy_s / window), 4) if window else 0.0,
-        "transcription_wait_seconds": round(window - covered, 2),
-        **(
-            {"transcription_start_delay_seconds": round(first_start - run_started, 2)}
-            if run_started is not None
-            else {}
-        ),
-    }
-
-
-def _preview(transcripts: pa.Table, rows: int = 5) -> str:
-    lines = ["| file_id | duration_s | text |", "|---|---|---|"]
-    for row in transcripts.slice(0, rows).to_pylist():
-        text = row["text"][:120].replace("|", "\\|")
-        lines.append(f"| {row['file_id']} | {row['duration_s']:.1f} | {text} |")
-    return "\n".join(lines)
-
-
 def publish_bridge(context: dg.OpExecutionContext, store: Storage, transcripts: pa.Table) -> None:
     """Publish ``core.results.bridge_transcripts`` before the IO manager replaces the tables.
 
@@ -616,7 +491,8 @@ def write_tables(
     """
     started_at = datetime.now(UTC)
     store = storage.get()
-    key = whisper_options_key(whisper)
+    spec = whisper.spec()
+    key = spec.cache_key
     run_dir = store.staging_dir(context.partition_key, context.run_id)
     manifest = audio_manifest.to_pylist()
     contents = sorted({row["content_sha256"] for row in manifest if row["status"] == STATUS_OK})
@@ -626,9 +502,7 @@ def write_tables(
     files, transcripts, segments = build_tables(
         manifest,
         results,
-        whisper.model_name,
-        whisper.resolved_compute_type(),
-        whisper.beam_size,
+        spec,
         started_at,
     )
     warn_failed_files(context, files)
@@ -679,10 +553,8 @@ def write_tables(
             ),
             "transcribe_peak_rss_mib": round(max((s.peak_rss_mib for s in shards), default=0)),
             "shards": len(shards),
-            "model": whisper.model_name,
-            "compute_type": whisper.resolved_compute_type(),
-            "beam_size": whisper.beam_size,
-            "preview": dg.MetadataValue.md(_preview(transcripts)),
+            **spec.metadata(),
+            "preview": dg.MetadataValue.md(preview_markdown(transcripts)),
         },
     )
     yield dg.Output(segments, "transcript_segments", metadata={"files": transcripts.num_rows})

@@ -23,8 +23,8 @@ next round.
 The batches of a round (and the fallback calls of a temperature) are independent, so they are
 handed to as many threads as the model has CTranslate2 workers (``WhisperModel(num_workers=N)``
 replicates the model; ``generate`` releases the GIL). On a 2-core CPU two single-threaded
-workers transcribed the shared corpus 1.41x faster than one worker with two threads, whose
-small per-step matrix products do not keep both cores busy (``benchmarks/RESULTS.md``).
+workers transcribed the shared corpus faster than one worker with two threads, whose small
+per-step matrix products do not keep both cores busy (timings in ``benchmarks/RESULTS.md``).
 """
 
 import logging
@@ -41,6 +41,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
+from whisper_pipeline.core.audio import SAMPLE_RATE
 from whisper_pipeline.core.chunking import CHUNK_LENGTH_S, HOP_LENGTH, chunk_time_map
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ MIN_CONTINUATION_FRAMES = 30
 MIN_SKIPPED_TAIL_FRAMES = 100
 """Speech left after a window's last segment that is decoded again: 1 s (100 frames)."""
 
-N_FRAMES = CHUNK_LENGTH_S * 16000 // HOP_LENGTH
+N_FRAMES = CHUNK_LENGTH_S * SAMPLE_RATE // HOP_LENGTH
 """Frames in Whisper's fixed 30 s encoder window: 3000."""
 
 MAX_TOKENS_BASE = 16
@@ -72,8 +73,9 @@ so the cap bounds the cost of loops without cutting text."""
 
 CPU_FALLBACK_BATCH = 4
 """Rows per temperature-fallback ``generate`` call on CPU. Sampling ``best_of`` = 5 candidates
-per row makes each row five decoder rows; on 2 CPU cores (tiny.en, int8, 60 tokens) a row cost
-0.68 s alone, 0.31 s in a call of 4 and 0.44 s in a call of 8. On CUDA the batch size is used."""
+per row makes each row five decoder rows; on 2 CPU cores a row cost least in a call of 4, less
+than alone and less than in a call of 8 (timings in ``benchmarks/RESULTS.md``). On CUDA the
+batch size is used."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class DecodingOptions:
     length_penalty: float = 1.0
     max_initial_timestamp_s: float = 1.0
     language: str | None = None
-    batch_size: int = 16
+    batch_size: int = 8
     fallback_batch_size: int | None = None
     max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
 
@@ -150,7 +152,7 @@ class ChunkInput:
     @property
     def duration_s(self) -> float:
         """Speech in the chunk, in seconds (100 frames per second)."""
-        return self.features.shape[-1] * HOP_LENGTH / 16000
+        return self.features.shape[-1] * HOP_LENGTH / SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -302,11 +304,7 @@ class BatchTranscriber:
         self._calls_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
-    def transcribe(
-        self,
-        chunks: Iterable[ChunkInput],
-        on_batch: Callable[[int], None] | None = None,
-    ) -> list[ChunkResult]:
+    def transcribe(self, chunks: Iterable[ChunkInput]) -> list[ChunkResult]:
         """Transcribe chunks in length-sorted batches, with batched seeks.
 
         A batch that raises inside the model is split in halves and retried, down to single
@@ -315,7 +313,6 @@ class BatchTranscriber:
 
         Args:
             chunks: Chunks from any number of files; keys must be unique.
-            on_batch: Called with the row count after each batch (progress, metrics).
 
         Returns:
             One ``ChunkResult`` per input chunk, in input order.
@@ -337,8 +334,6 @@ class BatchTranscriber:
                             retries.append(outcome)
                         else:
                             following += self._finish(results[window.chunk.key], window, outcome)
-                    if on_batch is not None:
-                        on_batch(len(batch))
                 for retry, outcome in self._fallback(retries):
                     window = retry.window
                     following += self._finish(results[window.chunk.key], window, outcome)
@@ -378,7 +373,7 @@ class BatchTranscriber:
         """
         try:
             return run(items)
-        except Exception as error:  # noqa: BLE001 - any model error is isolated and recorded
+        except Exception as error:  # any model error is isolated and recorded
             if len(items) == 1:
                 item = items[0]
                 window = item.window if isinstance(item, _Retry) else item
@@ -514,7 +509,9 @@ class BatchTranscriber:
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self.suppress_tokens,
-            max_initial_timestamp_index=int(round(options.max_initial_timestamp_s / 0.02)),
+            max_initial_timestamp_index=round(
+                options.max_initial_timestamp_s / self.model.time_precision
+            ),
             **sampling,
         )
         decoded = []

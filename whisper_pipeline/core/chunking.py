@@ -28,9 +28,9 @@ HOP_LENGTH = 160
 VAD_BLOCK_S = 300
 """Audio (seconds) one Silero VAD pass keeps regions for. faster-whisper's VAD copies and
 windows its whole input (about 0.3 MB per second scanned); with the context either side a pass
-scans 370 s, so preprocessing a 2-hour file peaks at 355 MiB RSS against 2126 MiB for one pass
-over the whole file (``benchmarks/long_file_memory.py``). Files up to this long get exactly
-faster-whisper's single-pass regions."""
+scans 370 s, so preprocessing a 2-hour file peaks at a fraction of the RSS of one pass over the
+whole file (``benchmarks/long_file_memory.py``; figures in ``benchmarks/RESULTS.md``). Files up
+to this long get exactly faster-whisper's single-pass regions."""
 
 VAD_CONTEXT_S = 35
 """Audio (seconds) VAD also scans before and after each block. Regions are kept by the block

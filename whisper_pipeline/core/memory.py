@@ -5,7 +5,7 @@ new sizes. glibc's ``malloc`` raises its mmap threshold each time a mapped block
 32 MiB), so after the first batches these buffers come from the heap arenas, whose free space
 fragments and stays resident: a transcription step's peak RSS grew with the chunks it had
 decoded. Fixing the threshold low (``mallopt(M_MMAP_THRESHOLD)``) stopped the growth but made
-every buffer a fresh mapping, and CPU decoding 70% slower (``benchmarks/RESULTS.md``).
+every buffer a fresh mapping, and CPU decoding much slower (``benchmarks/RESULTS.md``).
 ``malloc_trim`` between waves of chunks instead hands the arenas' free pages back to the system
 (glibc 2.8 and later release free pages inside the heap too, not only its top) at the cost of
 one call per wave.

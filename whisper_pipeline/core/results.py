@@ -46,6 +46,41 @@ def options_key(model: str, compute_type: str, options: DecodingOptions) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model's identity: everything a transcript depends on, resolved once per run.
+
+    Produced by ``WhisperModelResource.spec()`` and passed to the result cache key, the table
+    builder and the materialization metadata.
+
+    Attributes:
+        model: Model name as recorded in the tables (``tiny.en``), or a local directory.
+        device: Resolved device: ``cpu`` or ``cuda``.
+        compute_type: Resolved CTranslate2 compute type (``int8``, ``float16``...).
+        options: Decoding options (beam size, temperatures, thresholds, batch sizes...).
+    """
+
+    model: str
+    device: str
+    compute_type: str
+    options: DecodingOptions
+
+    @property
+    def cache_key(self) -> str:
+        """The result-cache key of this model and options (``options_key``)."""
+        return options_key(self.model, self.compute_type, self.options)
+
+    def metadata(self) -> dict:
+        """What a materialization records of the model."""
+        return {
+            "model": self.model,
+            "device": self.device,
+            "compute_type": self.compute_type,
+            "beam_size": self.options.beam_size,
+            "cache_key": self.cache_key,
+        }
+
+
 @dataclass
 class ContentResult:
     """Everything the tables need about one distinct audio content.
@@ -144,9 +179,7 @@ def assemble(
 def build_tables(
     manifest: list[dict],
     results: dict[str, ContentResult],
-    model: str,
-    compute_type: str,
-    beam_size: int,
+    spec: ModelSpec,
     processed_at: datetime,
 ) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Join the staged manifest with per-content results into the three published tables.
@@ -159,9 +192,7 @@ def build_tables(
     Args:
         manifest: ``audio_files`` rows as staged (probe-time status).
         results: Result per ``content_sha256``; a content missing here is ``failed``.
-        model: Model name recorded in ``transcripts``.
-        compute_type: Compute type recorded in ``transcripts``.
-        beam_size: Beam size recorded in ``transcripts``.
+        spec: The model whose name, compute type and beam size ``transcripts`` records.
         processed_at: Timestamp for ``audio_files.processed_at`` (UTC).
 
     Returns:
@@ -194,9 +225,9 @@ def build_tables(
                 "duration_s": row["duration_s"] or 0.0,
                 "speech_duration_s": result.speech_duration_s,
                 "segment_count": len(result.segments),
-                "model": model,
-                "compute_type": compute_type,
-                "beam_size": beam_size,
+                "model": spec.model,
+                "compute_type": spec.compute_type,
+                "beam_size": spec.options.beam_size,
                 "transcribed_at": datetime.fromisoformat(result.transcribed_at),
             }
         )

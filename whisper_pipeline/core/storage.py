@@ -238,25 +238,20 @@ class Storage:
         pq.write_table(table, buffer, compression="zstd")
         self.write_bytes_atomic(path, buffer.getvalue())
 
-    def read_parquet(self, path: str, schema: pa.Schema | None = None) -> pa.Table:
+    def read_parquet(self, path: str) -> pa.Table:
         """Read one Parquet file (raises ``FileNotFoundError`` when it is missing)."""
         with self.fs.open(path, "rb") as handle:
-            return pq.read_table(handle, schema=schema)
+            return pq.read_table(handle)
 
     def replace_partition(
         self, table: str, partition_key: str, data: pa.Table, area: str = "tables"
     ) -> str:
         """Replace a table's partition with ``data``, atomically; returns the file's URI.
 
-        The partition is always the single file ``part-0.parquet``; any other Parquet file left
-        in the folder by an older layout is removed after the new one is in place.
+        The partition is always the single file ``part-0.parquet``.
         """
-        directory = self.table_dir(table, partition_key, area)
-        target = posixpath.join(directory, PARTITION_FILE)
+        target = posixpath.join(self.table_dir(table, partition_key, area), PARTITION_FILE)
         self.write_parquet(target, data)
-        for other in self.fs.glob(posixpath.join(directory, "*.parquet")):
-            if posixpath.basename(other) != PARTITION_FILE:
-                self.fs.rm(other)
         return self.uri(target)
 
     def read_partition(self, table: str, partition_key: str, area: str = "tables") -> pa.Table:

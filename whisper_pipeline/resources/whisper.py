@@ -5,6 +5,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
+from whisper_pipeline.core.results import ModelSpec
 
 
 def usable_cores() -> int:
@@ -62,8 +63,8 @@ class WhisperModelResource(dg.ConfigurableResource):
     compute_type: str = "auto"
     cpu_threads: int = 0
     num_workers: int = 0
-    beam_size: int = 5
-    batch_size: int = 8
+    beam_size: int = DecodingOptions.beam_size
+    batch_size: int = DecodingOptions.batch_size
     language: str = ""
 
     _loaded = PrivateAttr(default=None)
@@ -182,6 +183,15 @@ class WhisperModelResource(dg.ConfigurableResource):
         elif self.language not in ("", "en") and self.model_name.endswith(".en"):
             problems.append(f"{self.model_name} is English-only; language must be en or empty")
         return problems
+
+    def spec(self) -> ModelSpec:
+        """The model's identity for this run: name, resolved device and compute type, options."""
+        return ModelSpec(
+            self.model_name,
+            self.resolved_device(),
+            self.resolved_compute_type(),
+            self.decoding_options(),
+        )
 
     def transcriber(self) -> BatchTranscriber:
         """A cross-file batch transcriber over the loaded model, with this config's options."""

@@ -1,0 +1,99 @@
+"""Run metrics reported in materialization metadata: peak memory, accelerator idle time, preview.
+
+Reads the Dagster instance's event log (``step_intervals``) but defines no assets or ops, so
+the transcription assets and the benchmarks share one implementation.
+"""
+
+import math
+import resource
+
+import dagster as dg
+import pyarrow as pa
+
+STEP_ENDS = (
+    dg.DagsterEventType.STEP_SUCCESS,
+    dg.DagsterEventType.STEP_FAILURE,
+    dg.DagsterEventType.STEP_UP_FOR_RETRY,
+)
+"""Event types that end a step attempt (``step_intervals``)."""
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (``getrusage``; Linux reports KiB).
+
+    A step process forked from the executor's forkserver starts from the forkserver's size, so
+    this includes the preloaded modules.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_intervals(instance: dg.DagsterInstance, run_id: str, op_name: str) -> list[tuple]:
+    """Wall-clock ``(start, end)`` epoch seconds of each attempt of an op's steps in a run.
+
+    Read from the run's event log (``STEP_START`` to success, failure or retry), so it covers
+    steps that ran in other processes. A step still running has no interval.
+    """
+    records = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, *STEP_ENDS})
+    starts: dict[str, float] = {}
+    intervals = []
+    for record in sorted(records, key=lambda r: r.timestamp):
+        step = record.step_key or ""
+        if step.rsplit(".", 1)[-1].split("[", 1)[0] != op_name:
+            continue
+        if record.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+            starts[step] = record.timestamp
+        elif step in starts:
+            intervals.append((starts.pop(step), record.timestamp))
+    return intervals
+
+
+def idle_metrics(intervals: list[tuple], busy_s: float, run_started: float | None = None) -> dict:
+    """How much of the transcription window the accelerator was not decoding.
+
+    The window runs from the first transcription step's start to the last one's end. Idle
+    time is the window less ``busy_s`` (seconds inside batched decoding, summed over steps):
+    waiting for preprocessing, step start-up, model loads, feature reads and result writes.
+    What comes before the window (the manifest, planning, the first shard's preprocessing) is
+    reported apart, as the start delay.
+
+    Args:
+        intervals: ``(start, end)`` epoch seconds of the transcription steps.
+        busy_s: Seconds spent in batched decoding across those steps.
+        run_started: Epoch seconds the run started (``RunStats.start_time``), if known.
+
+    Returns:
+        ``transcription_window_seconds``, ``transcription_idle_fraction`` (0 to 1),
+        ``transcription_wait_seconds`` (window time with no transcription step running at all)
+        and, given ``run_started``, ``transcription_start_delay_seconds`` (run start to the
+        first transcription step's start); empty when there were no steps.
+    """
+    if not intervals:
+        return {}
+    first_start = min(start for start, _ in intervals)
+    window = max(end for _, end in intervals) - first_start
+    covered, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        covered += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return {
+        "transcription_window_seconds": round(window, 2),
+        "transcription_idle_fraction": round(max(0.0, 1 - busy_s / window), 4) if window else 0.0,
+        "transcription_wait_seconds": round(window - covered, 2),
+        **(
+            {"transcription_start_delay_seconds": round(first_start - run_started, 2)}
+            if run_started is not None
+            else {}
+        ),
+    }
+
+
+def preview_markdown(transcripts: pa.Table, rows: int = 5) -> str:
+    """A Markdown table of the first ``rows`` transcripts: file id, duration and text.
+
+    Text is cut to 120 characters and its ``|`` escaped, so the table stays one line per row.
+    """
+    lines = ["| file_id | duration_s | text |", "|---|---|---|"]
+    for row in transcripts.slice(0, rows).to_pylist():
+        text = row["text"][:120].replace("|", "\\|")
+        lines.append(f"| {row['file_id']} | {row['duration_s']:.1f} | {text} |")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+import pyarrow as pa
+import pytest
+
+from whisper_pipeline.metrics import idle_metrics, preview_markdown
+
+
+@pytest.mark.parametrize(
+    ("intervals", "busy_s", "run_started", "expected"),
+    [
+        pytest.param([], 5.0, 0.0, {}, id="empty"),
+        pytest.param(
+            [(10.0, 20.0)],
+            5.0,
+            None,
+            {
+                "transcription_window_seconds": 10.0,
+                "transcription_idle_fraction": 0.5,
+                "transcription_wait_seconds": 0.0,
+            },
+            id="one-step-no-run-start",
+        ),
+        pytest.param(
+            [(10.0, 20.0), (15.0, 25.0)],
+            12.0,
+            4.0,
+            {
+                "transcription_window_seconds": 15.0,
+                "transcription_idle_fraction": 0.2,
+                "transcription_wait_seconds": 0.0,
+                "transcription_start_delay_seconds": 6.0,
+            },
+            id="overlap",
+        ),
+        pytest.param(
+            [(30.0, 40.0), (10.0, 20.0)],
+            10.0,
+            10.0,
+            {
+                "transcription_window_seconds": 30.0,
+                "transcription_idle_fraction": 0.6667,
+                "transcription_wait_seconds": 10.0,
+                "transcription_start_delay_seconds": 0.0,
+            },
+            id="gap-unsorted",
+        ),
+        pytest.param(
+            [(10.0, 30.0), (12.0, 18.0), (35.0, 40.0)],
+            20.0,
+            None,
+            {
+                "transcription_window_seconds": 30.0,
+                "transcription_idle_fraction": 0.3333,
+                "transcription_wait_seconds": 5.0,
+            },
+            id="nested-and-gap",
+        ),
+        pytest.param(
+            [(10.0, 10.0)],
+            0.0,
+            None,
+            {
+                "transcription_window_seconds": 0.0,
+                "transcription_idle_fraction": 0.0,
+                "transcription_wait_seconds": 0.0,
+            },
+            id="zero-window",
+        ),
+        pytest.param(
+            [(10.0, 20.0)],
+            12.0,
+            None,
+            {
+                "transcription_window_seconds": 10.0,
+                "transcription_idle_fraction": 0.0,
+                "transcription_wait_seconds": 0.0,
+            },
+            id="busy-exceeds-window-clamped",
+        ),
+    ],
+)
+def test_idle_metrics(intervals, busy_s, run_started, expected):
+    assert idle_metrics(intervals, busy_s, run_started) == expected
+
+
+SCHEMA = pa.schema([("file_id", pa.string()), ("duration_s", pa.float64()), ("text", pa.string())])
+
+
+def transcripts(*rows: tuple[str, float, str]) -> pa.Table:
+    return pa.Table.from_pylist([dict(zip(SCHEMA.names, row, strict=True)) for row in rows], SCHEMA)
+
+
+def test_preview_markdown_escapes_pipes():
+    preview = preview_markdown(transcripts(("a", 3.04, "left | right")))
+    assert preview.splitlines() == [
+        "| file_id | duration_s | text |",
+        "|---|---|---|",
+        "| a | 3.0 | left \\| right |",
+    ]
+
+
+def test_preview_markdown_truncates_text_and_rows():
+    table = transcripts(*[(f"f{i}", 2.0, "x" * 200) for i in range(8)])
+    lines = preview_markdown(table, rows=3).splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[2] == f"| f0 | 2.0 | {'x' * 120} |"
+
+
+def test_preview_markdown_empty_table():
+    assert preview_markdown(transcripts()) == "| file_id | duration_s | text |\n|---|---|---|"
