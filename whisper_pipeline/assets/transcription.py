@@ -191,7 +191,8 @@ def plan_shards(
     if removed:
         context.log.info("removed the staging folders of %d ended runs", len(removed))
     run_dir = store.staging_dir(context.partition_key, context.run_id)
-    key = whisper.spec().cache_key
+    spec = whisper.spec()
+    key = spec.cache_key
     cached = set() if config.redo else store.cached_contents(key)
     pending: dict[str, PendingFile] = {}
     skipped = set()
@@ -207,7 +208,7 @@ def plan_shards(
         balance = row["duration_s"] or row["size_bytes"] / 16000
         pending[sha] = PendingFile(sha, path, row["duration_s"], balance)
     total = sum(f.balance_s for f in pending.values())
-    per_shard = config.audio_s_per_shard(whisper.resolved_device())
+    per_shard = config.audio_s_per_shard(spec.device)
     shards = max(1, min(config.max_shards, math.ceil(total / per_shard)))
     groups = balance_shards(list(pending.values()), shards) if pending else []
     context.log.info(

@@ -37,12 +37,15 @@ class LandedFile:
         relative_path: Path below ``raw/YYYY-MM-DD/``, POSIX separators.
         size_bytes: Size in bytes (0 for local entries that are not read).
         error: Why the entry is not read (it still gets a row); empty for a file to read.
+        version: What changes when the file is replaced: the ETag on object stores, else the
+            modification time (ns); empty for entries that are not read.
     """
 
     path: str
     relative_path: str
     size_bytes: int
     error: str = ""
+    version: str = ""
 
 
 # Reasons an entry of the landing zone is not read (``LandedFile.error``).
@@ -181,11 +184,11 @@ class Storage:
     def listing_fingerprint(self, partition_key: str) -> str | None:
         """Fingerprint of the partition's landing folder listing, without reading any file.
 
-        One ``find(detail=True)`` listing, subfolders included. Each entry contributes its
-        relative path, size and version: the ETag on object stores (a replaced object gets a new
-        one), else the modification time. Hidden names and folder markers are left out, as
-        ``list_landed`` leaves them out, so a partial upload (``.name.part``) changes nothing.
-        Any file landed, deleted or replaced (other size or modification time) changes it.
+        Over ``list_landed``'s entries, so it follows the same rules: each entry contributes
+        its relative path, size and ``version`` (the ETag on object stores, a replaced object
+        gets a new one; else the modification time). Hidden names and folder markers are left
+        out, so a partial upload (``.name.part``) changes nothing. Any file landed, deleted or
+        replaced (other size or modification time) changes it.
 
         Args:
             partition_key: The daily partition, ``YYYY-MM-DD``.
@@ -194,21 +197,12 @@ class Storage:
             32 hex characters (``EMPTY_LISTING_FINGERPRINT`` for an existing empty folder), or
             ``None`` when the folder does not exist.
         """
-        base = self.raw_dir(partition_key)
-        if not self.fs.isdir(base):
+        if not self.fs.isdir(self.raw_dir(partition_key)):
             return None
-        prefix = base.rstrip("/") + "/"
-        entries = []
-        for path, info in self.fs.find(base, detail=True).items():
-            if info.get("type") == "directory" or not path.startswith(prefix):
-                continue
-            relative = path[len(prefix) :]
-            size = int(info.get("size") or 0)
-            if relative == "" or (relative.endswith("/") and size == 0) or _is_hidden(relative):
-                continue
-            version = next((info[k] for k in _VERSION_FIELDS if info.get(k) not in (None, "")), "")
-            entries.append((relative, size, str(version)))
-        return _fingerprint(sorted(entries))
+        entries = [
+            (f.relative_path, f.size_bytes, f.version) for f in self.list_landed(partition_key)
+        ]
+        return _fingerprint(entries)
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Write a file so readers see the old content or the new, never a part.
@@ -261,8 +255,8 @@ class Storage:
 
 
 _VERSION_FIELDS = ("ETag", "etag", "generation", "mtime", "LastModified", "updated")
-"""Listing fields naming a file's version, first present wins: object stores' ETag (S3, GCS,
-Azure), GCS's generation, else a modification time (local ``mtime``, S3 ``LastModified``)."""
+"""Object-store listing fields naming an object's version, first present wins: the ETag (S3,
+GCS, Azure), GCS's generation, else a modification time (``LandedFile.version``)."""
 
 
 def _fingerprint(entries: list[tuple[str, int, str]]) -> str:
@@ -304,24 +298,24 @@ def _printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _classify_link(path: str, landing_root: str) -> tuple[str, int, str]:
-    """Resolve a symbolic link: ``(path to read, size in bytes, error)``."""
+def _classify_link(path: str, landing_root: str) -> tuple[str, int, str, str]:
+    """Resolve a symbolic link: ``(path to read, size in bytes, error, version)``."""
     try:
         target_stat = os.stat(path)
     except FileNotFoundError:
-        return path, 0, LANDED_BROKEN_LINK.format(target=_printable(os.readlink(path)))
+        return path, 0, LANDED_BROKEN_LINK.format(target=_printable(os.readlink(path))), ""
     except OSError as error:
         if error.errno == errno.ELOOP:
-            return path, 0, LANDED_LINK_LOOP
-        return path, 0, LANDED_LINK_UNRESOLVED.format(reason=_reason(error))
+            return path, 0, LANDED_LINK_LOOP, ""
+        return path, 0, LANDED_LINK_UNRESOLVED.format(reason=_reason(error)), ""
     target = os.path.realpath(path)
     if os.path.commonpath([landing_root, target]) != landing_root:
-        return path, 0, LANDED_LINK_OUTSIDE
+        return path, 0, LANDED_LINK_OUTSIDE, ""
     if stat.S_ISDIR(target_stat.st_mode):
-        return path, 0, LANDED_LINK_TO_FOLDER
+        return path, 0, LANDED_LINK_TO_FOLDER, ""
     if not stat.S_ISREG(target_stat.st_mode):
-        return path, 0, LANDED_LINK_TO_SPECIAL.format(kind=_file_kind(target_stat.st_mode))
-    return target, target_stat.st_size, ""
+        return path, 0, LANDED_LINK_TO_SPECIAL.format(kind=_file_kind(target_stat.st_mode)), ""
+    return target, target_stat.st_size, "", str(target_stat.st_mtime_ns)
 
 
 def _walk_local(base: str, landing_root: str) -> list[LandedFile]:
@@ -357,11 +351,12 @@ def _walk_local(base: str, landing_root: str) -> list[LandedFile]:
                         LandedFile(_printable(entry.path), _printable(relative), 0, LANDED_NOT_UTF8)
                     )
                 elif stat.S_ISREG(mode):
-                    size = entry.stat(follow_symlinks=False).st_size
-                    found.append(LandedFile(entry.path, relative, size))
+                    info = entry.stat(follow_symlinks=False)
+                    version = str(info.st_mtime_ns)
+                    found.append(LandedFile(entry.path, relative, info.st_size, "", version))
                 elif stat.S_ISLNK(mode):
-                    path, size, error = _classify_link(entry.path, landing_root)
-                    found.append(LandedFile(path, relative, size, error))
+                    path, size, error, version = _classify_link(entry.path, landing_root)
+                    found.append(LandedFile(path, relative, size, error, version))
                 else:
                     error = LANDED_SPECIAL.format(kind=_file_kind(mode))
                     found.append(LandedFile(entry.path, relative, 0, error))
@@ -389,5 +384,6 @@ def _list_object_store(listing: dict[str, dict], base: str) -> list[LandedFile]:
             error = LANDED_ALIASING_KEY
         elif "?versionId=" in relative:
             error = LANDED_VERSION_KEY
-        found.append(LandedFile(path, relative, size, error))
+        version = next((info[k] for k in _VERSION_FIELDS if info.get(k) not in (None, "")), "")
+        found.append(LandedFile(path, relative, size, error, str(version)))
     return found
