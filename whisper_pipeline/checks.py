@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_OK, STATUSES, TABLE_SCHEMAS
+from whisper_pipeline.placement import CPU_OP_TAGS
 from whisper_pipeline.resources import StorageResource
 
 CHECKS = {
@@ -67,6 +68,7 @@ def _schema_differences(table, expected) -> list[str]:
         dg.AssetCheckSpec(name, asset=asset, description=description, blocking=False)
         for (asset, name), description in WARNINGS.items()
     ],
+    op_tags=CPU_OP_TAGS,
 )
 def transcript_table_checks(
     context: dg.AssetCheckExecutionContext, storage: StorageResource

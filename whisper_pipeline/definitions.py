@@ -1,15 +1,19 @@
 """The code location: every asset, check, job, schedule, resource and the executor, assembled once.
 
+``WHISPER_PIPELINE_PROFILE`` (``whisper_pipeline.profiles``) picks the executor and the resources'
+settings; the assets, checks, jobs, schedules and sensors are the same in every profile.
 Importing this module never touches CUDA or loads a model (the forkserver preloads it).
 """
 
 import dagster as dg
 
 from whisper_pipeline.assets.manifest import audio_manifest
-from whisper_pipeline.assets.transcription import ACCELERATOR_TAG_KEY, transcript_tables
+from whisper_pipeline.assets.transcription import transcript_tables
 from whisper_pipeline.checks import transcript_table_checks
 from whisper_pipeline.io_managers import PartitionedParquetIOManager
 from whisper_pipeline.landing import landing_zone_sensor
+from whisper_pipeline.placement import ACCELERATOR_TAG_KEY
+from whisper_pipeline.profiles import CELERY, K8S, LOCAL, current_profile
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.schedules import nightly_transcription_schedule, transcribe_partition_job
 from whisper_pipeline.sensors import dead_run_sensor
@@ -28,21 +32,40 @@ EXECUTOR_CONFIG = {
 executor = dg.multiprocess_executor.configured(EXECUTOR_CONFIG)
 
 
-def build_resources(whisper: WhisperModelResource | None = None) -> dict:
+def build_executor(profile: str = LOCAL) -> dg.ExecutorDefinition:
+    """The executor of a profile (``whisper_pipeline.profiles``).
+
+    ``local`` and ``production``: the multiprocess ``executor``. ``celery`` and ``k8s`` import
+    their optional dependencies (extras ``celery``, ``k8s``) only when selected.
+    """
+    if profile == CELERY:
+        from whisper_pipeline.celery_app import celery_executor
+
+        return celery_executor
+    if profile == K8S:
+        from whisper_pipeline.k8s import k8s_executor
+
+        return k8s_executor
+    return executor
+
+
+def build_resources(whisper: WhisperModelResource | None = None, profile: str = LOCAL) -> dict:
     """Every resource of the code location, wired so run config reaches every consumer.
 
     ``storage`` is configured at launch and the IO managers depend on that top-level resource
     (not on a copy), so ``resources.storage.config.root`` or ``endpoint_url`` set in run config
-    or the launchpad moves the landing zone, staging, cache and tables together.
+    or the launchpad moves the landing zone, staging, cache and tables together. Every profile
+    but ``local`` requires a root (``StorageResource.require_root``).
 
     Args:
         whisper: The transcriber; default the real faster-whisper ``WhisperModelResource``
             (tests pass a test double).
+        profile: A ``whisper_pipeline.profiles`` name.
 
     Returns:
         Resources by key.
     """
-    storage = StorageResource.configure_at_launch()
+    storage = StorageResource.configure_at_launch(require_root=profile != LOCAL)
     return {
         "storage": storage,
         "whisper": whisper if whisper is not None else WhisperModelResource(),
@@ -51,12 +74,15 @@ def build_resources(whisper: WhisperModelResource | None = None) -> dict:
     }
 
 
+PROFILE = current_profile()
+"""The profile this code location was loaded with."""
+
 defs = dg.Definitions(
     assets=[audio_manifest, transcript_tables],
     asset_checks=[transcript_table_checks],
     jobs=[transcribe_partition_job],
     schedules=[nightly_transcription_schedule],
     sensors=[dead_run_sensor, landing_zone_sensor],
-    resources=build_resources(),
-    executor=executor,
+    resources=build_resources(profile=PROFILE),
+    executor=build_executor(PROFILE),
 )

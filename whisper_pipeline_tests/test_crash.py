@@ -13,7 +13,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus
 
-from whisper_pipeline.assets.transcription import GPU_POOL
+from whisper_pipeline.placement import GPU_POOL
 from whisper_pipeline.sensors import fail_dead_runs
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,

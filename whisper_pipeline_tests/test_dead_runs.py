@@ -14,10 +14,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from whisper_pipeline.assets.transcription import GPU_POOL
 from whisper_pipeline.commands import running_daemon
 from whisper_pipeline.definitions import defs
 from whisper_pipeline.landing import LOOKBACK_ENV
+from whisper_pipeline.placement import GPU_POOL
 from whisper_pipeline.sensors import (
     DEAD_RUN_SENSOR_INTERVAL_S,
     HOST_TAG,

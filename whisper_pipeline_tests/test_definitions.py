@@ -3,8 +3,8 @@ from datetime import datetime
 import dagster as dg
 import yaml
 
-from whisper_pipeline.assets.transcription import ACCELERATOR_TAG_KEY, GPU_POOL
 from whisper_pipeline.definitions import EXECUTOR_CONFIG, defs, executor
+from whisper_pipeline.placement import ACCELERATOR_TAG_KEY, GPU_POOL
 from whisper_pipeline.resources import StorageResource
 from whisper_pipeline.schedules import nightly_transcription_schedule
 from whisper_pipeline_tests.conftest import REPOSITORY
@@ -90,3 +90,43 @@ def test_each_published_table_describes_itself_in_the_ui():
         assert [c.name for c in columns] == schema.names
         assert all(c.description for c in columns)
     assert len(descriptions) == len(TABLE_SCHEMAS)
+
+
+def test_profile_defaults_to_local_and_a_typo_fails_loudly():
+    import pytest
+
+    from whisper_pipeline.profiles import PROFILE_ENV, PROFILES, current_profile
+
+    assert current_profile({}) == "local"
+    assert current_profile({PROFILE_ENV: " Production "}) == "production"
+    assert set(PROFILES) == {"local", "production", "celery", "k8s"}
+    with pytest.raises(ValueError, match="'prod' is not a profile; use one of local"):
+        current_profile({PROFILE_ENV: "prod"})
+
+
+def test_production_storage_never_falls_back_to_a_local_folder(monkeypatch, tmp_path):
+    import pytest
+
+    from whisper_pipeline.definitions import build_resources
+    from whisper_pipeline.resources.storage import ROOT_ENV
+
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert StorageResource().resolved_root() == str(tmp_path / "data")
+    partial = build_resources(profile="production")["storage"]
+    with pytest.raises(dg.Failure, match="no storage root: set WHISPER_PIPELINE_ROOT"):
+        StorageResource(**partial.data).resolved_root()
+    monkeypatch.setenv(ROOT_ENV, "s3://bucket/prefix")
+    assert StorageResource(**partial.data).resolved_root() == "s3://bucket/prefix"
+
+
+def test_endpoint_comes_from_the_aws_sdk_variables(monkeypatch):
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert StorageResource().resolved_endpoint_url() == ""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    assert StorageResource().resolved_endpoint_url() == "http://127.0.0.1:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")
+    assert StorageResource().resolved_endpoint_url() == "http://127.0.0.1:2"
+    configured = StorageResource(endpoint_url="http://127.0.0.1:3")
+    assert configured.resolved_endpoint_url() == "http://127.0.0.1:3"

@@ -9,6 +9,7 @@ from whisper_pipeline.core import audio
 from whisper_pipeline.core.schema import AUDIO_FILES, STATUS_FAILED, STATUS_OK
 from whisper_pipeline.core.storage import LandedFile, Storage
 from whisper_pipeline.partitions import daily_partitions
+from whisper_pipeline.placement import CPU_OP_TAGS
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.sensors import record_orchestrator
 
@@ -75,6 +76,7 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
     retry_policy=STORAGE_RETRY,
     group_name="staging",
     kinds={"python", "parquet"},
+    op_tags=CPU_OP_TAGS,
     backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing
 )
 def audio_manifest(

@@ -48,14 +48,9 @@ from whisper_pipeline.core.staging import (
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.metrics import idle_metrics, peak_rss_mib, preview_markdown, step_intervals
 from whisper_pipeline.partitions import daily_partitions
+from whisper_pipeline.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.sensors import record_orchestrator
-
-ACCELERATOR_TAG_KEY = "whisper_pipeline/accelerator"
-"""Op tag the executor's ``tag_concurrency_limits`` holds to one step at a time per run."""
-
-GPU_POOL = "gpu"
-"""Dagster pool of the transcription op; ``dagster.yaml`` limits it to one slot across runs."""
 
 RESULT_THREADS = 8
 """Result files read or written at once (small objects; I/O-bound on object stores)."""
@@ -164,7 +159,7 @@ def run_state(instance: dg.DagsterInstance, run_id: str) -> str:
     return RUN_ENDED if run.is_finished else RUN_ACTIVE
 
 
-@dg.op(out=dg.DynamicOut(ShardPlan), retry_policy=STORAGE_RETRY)
+@dg.op(out=dg.DynamicOut(ShardPlan), retry_policy=STORAGE_RETRY, tags=CPU_OP_TAGS)
 def plan_shards(
     context: dg.OpExecutionContext,
     config: PlanShardsConfig,
@@ -225,7 +220,7 @@ def plan_shards(
         )
 
 
-@dg.op(retry_policy=STORAGE_RETRY, tags={ACCELERATOR_TAG_KEY: "cpu"})
+@dg.op(retry_policy=STORAGE_RETRY, tags=CPU_OP_TAGS)
 def preprocess_shard(
     context: dg.OpExecutionContext,
     shard: ShardPlan,
@@ -368,7 +363,7 @@ def wave_size(whisper: WhisperModelResource) -> int:
 @dg.op(
     retry_policy=STORAGE_RETRY,
     pool=GPU_POOL,
-    tags={ACCELERATOR_TAG_KEY: "gpu", "dagster/priority": "10"},
+    tags=GPU_OP_TAGS,
 )
 def transcribe_shard(
     context: dg.OpExecutionContext,
@@ -478,6 +473,7 @@ def warn_failed_files(context: dg.OpExecutionContext, files: pa.Table) -> None:
         "transcript_segments": dg.Out(pa.Table, io_manager_key="table_io_manager"),
     },
     retry_policy=STORAGE_RETRY,
+    tags=CPU_OP_TAGS,
 )
 def write_tables(
     context: dg.OpExecutionContext,

@@ -8,6 +8,13 @@ from whisper_pipeline.core.storage import Storage
 DEFAULT_ROOT = "data"
 """Local root used when neither config nor ``WHISPER_PIPELINE_ROOT`` names one (relative to cwd)."""
 
+ROOT_ENV = "WHISPER_PIPELINE_ROOT"
+"""Environment variable naming the storage root when config names none."""
+
+ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+"""The AWS SDKs' standard endpoint variables, S3-specific first (AWS SDK "service-specific
+endpoints"); read when ``endpoint_url`` is not configured."""
+
 
 class StorageResource(dg.ConfigurableResource):
     """The project's single storage root: landing zone, staging area and tables.
@@ -15,27 +22,52 @@ class StorageResource(dg.ConfigurableResource):
     Attributes:
         root: Local path or ``s3://bucket/prefix``. Empty means ``$WHISPER_PIPELINE_ROOT`` read
             at run time, else ``./data``.
-        endpoint_url: S3-compatible endpoint (MinIO, LocalStack); empty for AWS. Credentials come
-            from the usual AWS environment variables or instance role, read by s3fs at run time.
+        endpoint_url: S3-compatible endpoint (MinIO, LocalStack, moto); empty means
+            ``$AWS_ENDPOINT_URL_S3``, else ``$AWS_ENDPOINT_URL``, else AWS. Credentials are never
+            configured here: s3fs reads the usual AWS environment variables, shared
+            credentials file or instance/pod role at run time.
+        require_root: Fail instead of falling back to ``./data`` when neither ``root`` nor
+            ``$WHISPER_PIPELINE_ROOT`` is set (every profile but ``local``).
     """
 
     root: str = ""
     endpoint_url: str = ""
+    require_root: bool = False
 
     _storage: Storage | None = PrivateAttr(default=None)
 
     def resolved_root(self) -> str:
-        """The root in force for this run (see ``root``)."""
-        root = self.root or os.environ.get("WHISPER_PIPELINE_ROOT") or DEFAULT_ROOT
+        """The root in force for this run (see ``root``).
+
+        Raises:
+            dagster.Failure: ``require_root`` and no root configured (not retried).
+        """
+        root = self.root or os.environ.get(ROOT_ENV, "").strip()
+        if not root:
+            if self.require_root:
+                raise dg.Failure(
+                    f"no storage root: set {ROOT_ENV} (e.g. s3://bucket/prefix) or "
+                    "resources.storage.config.root; this profile never falls back to ./data",
+                    allow_retries=False,
+                )
+            root = DEFAULT_ROOT
         if "://" not in root:
             root = os.path.abspath(root)
         return root
 
+    def resolved_endpoint_url(self) -> str:
+        """The S3 endpoint in force: ``endpoint_url``, else the first of ``ENDPOINT_ENVS`` set."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        return next((os.environ[name] for name in ENDPOINT_ENVS if os.environ.get(name)), "")
+
     def get(self) -> Storage:
         """The ``Storage`` for this process, created on first use."""
         if self._storage is None:
+            root = self.resolved_root()
             options = {}
-            if self.endpoint_url:
-                options["client_kwargs"] = {"endpoint_url": self.endpoint_url}
-            self._storage = Storage(self.resolved_root(), options)
+            endpoint = self.resolved_endpoint_url()
+            if endpoint and root.startswith("s3://"):
+                options["client_kwargs"] = {"endpoint_url": endpoint}
+            self._storage = Storage(root, options)
         return self._storage
