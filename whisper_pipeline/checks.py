@@ -9,8 +9,10 @@ data (files that failed, a day with nothing landed), shown on the asset in the U
 from collections.abc import Iterator
 
 import dagster as dg
+import pyarrow as pa
 
 from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_OK, STATUSES, TABLE_SCHEMAS
+from whisper_pipeline.partitions import daily_partitions
 from whisper_pipeline.placement import CPU_OP_TAGS
 from whisper_pipeline.resources import StorageResource
 
@@ -61,22 +63,39 @@ def _schema_differences(table, expected) -> list[str]:
 
 @dg.multi_asset_check(
     specs=[
-        dg.AssetCheckSpec(name, asset=asset, description=description, blocking=True)
-        for (asset, name), description in CHECKS.items()
-    ]
-    + [
-        dg.AssetCheckSpec(name, asset=asset, description=description, blocking=False)
-        for (asset, name), description in WARNINGS.items()
+        dg.AssetCheckSpec(
+            name,
+            asset=asset,
+            description=description,
+            blocking=severity == dg.AssetCheckSeverity.ERROR,
+            additional_deps=["audio_manifest"],
+            # Partitioned like the tables: a result per partition, and the manifest input
+            # loads this partition's (identity mapping), not every partition's.
+            partitions_def=daily_partitions,
+        )
+        for checks, severity in (
+            (CHECKS, dg.AssetCheckSeverity.ERROR),
+            (WARNINGS, dg.AssetCheckSeverity.WARN),
+        )
+        for (asset, name), description in checks.items()
     ],
+    # The partition's manifest comes through the staging IO manager, like any asset input.
+    ins={"audio_manifest": dg.AssetIn("audio_manifest")},
     op_tags=CPU_OP_TAGS,
 )
 def transcript_table_checks(
-    context: dg.AssetCheckExecutionContext, storage: StorageResource
+    context: dg.AssetCheckExecutionContext, storage: StorageResource, audio_manifest: pa.Table
 ) -> Iterator[dg.AssetCheckResult]:
-    """Row-count, coverage, empty-text, schema, failed-file and empty-day checks on a partition."""
+    """Row-count, coverage, empty-text, schema, failed-file and empty-day checks on a partition.
+
+    Args:
+        context: The check's context (partition key).
+        storage: The storage root (the published tables, the landing folder's URI).
+        audio_manifest: The partition's ``audio_manifest`` (one row per landed entry).
+    """
     store = storage.get()
     key = context.partition_key
-    manifest = store.read_partition("audio_manifest", key, area="staging")
+    manifest = audio_manifest
     tables = {name: store.read_partition(name, key) for name in TABLE_SCHEMAS}
 
     files = tables["audio_files"].to_pylist()

@@ -10,6 +10,9 @@ import resource
 import dagster as dg
 import pyarrow as pa
 
+from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_NO_SPEECH, STATUS_OK
+from whisper_pipeline.core.staging import ShardTranscripts
+
 STEP_ENDS = (
     dg.DagsterEventType.STEP_SUCCESS,
     dg.DagsterEventType.STEP_FAILURE,
@@ -97,3 +100,55 @@ def preview_markdown(transcripts: pa.Table, rows: int = 5) -> str:
         text = row["text"][:120].replace("|", "\\|")
         lines.append(f"| {row['file_id']} | {row['duration_s']:.1f} | {text} |")
     return "\n".join(lines)
+
+
+def audio_files_metadata(files: pa.Table, transcripts: pa.Table) -> dict:
+    """``audio_files`` materialization metadata: files by status, hours of the files not failed.
+
+    Args:
+        files: The partition's ``audio_files`` table.
+        transcripts: Its ``transcripts`` table (decoded durations of the files not failed).
+    """
+    statuses = files.column("status").to_pylist()
+    durations = transcripts.column("duration_s").to_pylist()
+    return {
+        "files": len(statuses),
+        "files_ok": statuses.count(STATUS_OK),
+        "files_no_speech": statuses.count(STATUS_NO_SPEECH),
+        "files_failed": statuses.count(STATUS_FAILED),
+        "audio_hours": round(sum(durations) / 3600, 4),
+    }
+
+
+def transcripts_metadata(
+    transcripts: pa.Table, shards: list[ShardTranscripts], contents: int
+) -> dict:
+    """``transcripts`` materialization metadata: hours, this run's work and speed, memory.
+
+    Args:
+        transcripts: The partition's ``transcripts`` table.
+        shards: The shards this run transcribed (none when every content was cached).
+        contents: Distinct readable contents in the partition (cached or transcribed now).
+
+    Returns:
+        Audio and speech hours, hours transcribed in this run, contents taken from the cache,
+        the real-time factor (decoding seconds per audio second), seconds per phase, generate
+        calls, peak RSS of the steps and the shard count. The caller adds the idle metrics
+        (``idle_metrics``), the model (``ModelSpec.metadata``) and a preview.
+    """
+    audio_s = sum(s.features.audio_s for s in shards)
+    transcribe_s = sum(s.transcribe_s for s in shards)
+    return {
+        "audio_hours": round(sum(transcripts.column("duration_s").to_pylist()) / 3600, 4),
+        "speech_hours": round(sum(transcripts.column("speech_duration_s").to_pylist()) / 3600, 4),
+        "audio_hours_transcribed_this_run": round(audio_s / 3600, 4),
+        "contents_from_cache": contents - sum(len(s.features.plan.files) for s in shards),
+        "real_time_factor": round(transcribe_s / audio_s, 4) if audio_s else 0.0,
+        "transcribe_seconds": round(transcribe_s, 2),
+        "preprocess_seconds": round(sum(s.features.preprocess_s for s in shards), 2),
+        "model_load_seconds": round(sum(s.model_load_s for s in shards), 2),
+        "generate_calls": sum(s.generate_calls for s in shards),
+        "preprocess_peak_rss_mib": round(max((s.features.peak_rss_mib for s in shards), default=0)),
+        "transcribe_peak_rss_mib": round(max((s.peak_rss_mib for s in shards), default=0)),
+        "shards": len(shards),
+    }

@@ -107,3 +107,46 @@ def test_preview_markdown_truncates_text_and_rows():
 
 def test_preview_markdown_empty_table():
     assert preview_markdown(transcripts()) == "| file_id | duration_s | text |\n|---|---|---|"
+
+
+def test_audio_files_metadata_counts_statuses_and_hours():
+    from whisper_pipeline.metrics import audio_files_metadata
+
+    files = pa.table({"status": ["ok", "ok", "no_speech", "failed"]})
+    transcripts = pa.table({"duration_s": [1800.0, 1800.0, 360.0]})
+    assert audio_files_metadata(files, transcripts) == {
+        "files": 4,
+        "files_ok": 2,
+        "files_no_speech": 1,
+        "files_failed": 1,
+        "audio_hours": 1.1,
+    }
+
+
+def test_transcripts_metadata_sums_this_runs_shards():
+    from whisper_pipeline.core.staging import ShardFeatures, ShardPlan, ShardTranscripts
+    from whisper_pipeline.metrics import transcripts_metadata
+
+    def shard(index, files, audio_s, preprocess_s, transcribe_s, rss):
+        plan = ShardPlan(index, "/run", "key", tuple((f"{i}", "p", None) for i in range(files)))
+        features = ShardFeatures(plan, 80, audio_s, preprocess_s, rss / 2)
+        return ShardTranscripts(features, transcribe_s, 1.5, 10, rss)
+
+    transcripts = pa.table({"duration_s": [3600.0, 3600.0], "speech_duration_s": [1800.0, 0.0]})
+    shards = [shard(0, 3, 600.0, 20.0, 60.0, 1000), shard(1, 2, 1200.0, 30.0, 90.0, 1800)]
+    metadata = transcripts_metadata(transcripts, shards, contents=7)
+    assert metadata == {
+        "audio_hours": 2.0,
+        "speech_hours": 0.5,
+        "audio_hours_transcribed_this_run": 0.5,
+        "contents_from_cache": 2,
+        "real_time_factor": round(150.0 / 1800.0, 4),
+        "transcribe_seconds": 150.0,
+        "preprocess_seconds": 50.0,
+        "model_load_seconds": 3.0,
+        "generate_calls": 20,
+        "preprocess_peak_rss_mib": 900,
+        "transcribe_peak_rss_mib": 1800,
+        "shards": 2,
+    }
+    assert transcripts_metadata(transcripts, [], contents=7)["contents_from_cache"] == 7

@@ -47,3 +47,38 @@ def test_longest_files_go_first_and_ties_keep_their_order():
 def test_the_declared_duration_is_carried_unchanged():
     unknown = PendingFile("a" * 64, "/landing/raw.aac", None, 125.0)
     assert balance_shards([unknown], 4) == [[unknown]]
+
+
+def test_pending_files_skip_failed_duplicate_and_cached_contents():
+    from whisper_pipeline.core.sharding import ESTIMATED_BYTES_PER_S, pending_files
+
+    def row(sha, status="ok", duration=10.0, size=1000):
+        uri = f"file:///landing/{sha}.wav"
+        return {"content_sha256": sha, "source_uri": uri, "status": status,
+                "duration_s": duration, "size_bytes": size}  # fmt: skip
+
+    manifest = [
+        row("a"),
+        row("a"),  # the same content under another name: transcribed once
+        row("b", status="failed"),
+        row("c"),
+        row("c"),
+        row("d", duration=None, size=32000),  # raw AAC: no declared duration
+    ]
+    pending, skipped = pending_files(manifest, {"c"}, lambda uri: uri.removeprefix("file://"))
+    assert [f.content_sha256 for f in pending] == ["a", "d"]
+    assert skipped == 1
+    assert pending[0].path == "/landing/a.wav"
+    assert (pending[1].duration_s, pending[1].balance_s) == (None, 32000 / ESTIMATED_BYTES_PER_S)
+
+
+@pytest.mark.parametrize(
+    ("total_s", "per_shard_s", "max_shards", "expected"),
+    [(0.0, 300.0, 4, 1), (299.0, 300.0, 4, 1), (301.0, 300.0, 4, 2), (1e6, 300.0, 4, 4)],
+)
+def test_shard_count_is_one_per_share_of_audio_within_bounds(
+    total_s, per_shard_s, max_shards, expected
+):
+    from whisper_pipeline.core.sharding import shard_count
+
+    assert shard_count(total_s, per_shard_s, max_shards) == expected

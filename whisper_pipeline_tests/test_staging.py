@@ -138,3 +138,68 @@ def test_stale_run_folders_are_removed_and_active_ones_kept(tmp_path):
     left = sorted(p.name for p in (tmp_path / "staging" / "2026-11-20").iterdir())
     assert left == ["active", "mine", "unknown-new"]
     assert (manifest / "part-0.parquet").read_bytes() == b"keep"
+
+
+def test_shard_writer_round_trips_through_chunk_waves(tmp_path):
+    from whisper_pipeline.core.chunking import SpeechChunk
+    from whisper_pipeline.core.preprocess import PreprocessedFile
+    from whisper_pipeline.core.staging import FILES_FILE, ShardWriter
+
+    store = Storage(str(tmp_path))
+    shard_dir = store.path("staging", "shard-00000")
+    lengths = {("a" * 64, 0): 300, ("a" * 64, 1): 120, ("b" * 64, 0): 3000}
+    with ShardWriter(store, shard_dir) as writer:
+        assert not os.path.exists(writer.spool_path)  # a scratch path, created by the caller
+        spool_dir = os.path.dirname(writer.spool_path)
+        for (sha, index), frames in lengths.items():
+            chunk = SpeechChunk(index, np.zeros(frames * 160, np.float32), (index,), (index + 1,))
+            features = np.full((N_MELS, frames), len(writer.chunks), np.float32)
+            writer.add_chunk(sha, chunk, features)
+        writer.add_file("a" * 64, PreprocessedFile(20.0, 4.2, 2, "ok", ""))
+        writer.add_file("b" * 64, PreprocessedFile(30.0, 30.0, 1, "ok", ""))
+        writer.add_file("c" * 64, PreprocessedFile(None, 0.0, 0, "failed", "not audio"))
+    assert not os.path.exists(spool_dir)
+    assert writer.audio_s == 50.0
+    files = store.read_parquet(os.path.join(shard_dir, FILES_FILE)).to_pylist()
+    assert [(f["status"], f["error"]) for f in files] == [
+        ("ok", ""),
+        ("ok", ""),
+        ("failed", "not audio"),
+    ]
+    chunks = [c for wave in chunk_waves(store, shard_dir, N_MELS, 2, str(tmp_path)) for c in wave]
+    assert {c.key: c.features.shape[1] for c in chunks} == lengths
+    order = list(lengths)
+    for chunk in chunks:  # each chunk reads back its own frames, not a neighbour's
+        assert np.all(chunk.features == order.index(chunk.key))
+        assert chunk.speech_starts == (chunk.key[1],)
+
+
+def test_shard_writer_leaves_no_manifests_when_preprocessing_fails(tmp_path):
+    from whisper_pipeline.core.staging import FILES_FILE, ShardWriter
+
+    store = Storage(str(tmp_path))
+    shard_dir = store.path("shard")
+    with pytest.raises(RuntimeError), ShardWriter(store, shard_dir):
+        raise RuntimeError("decoder crashed")
+    assert not os.path.exists(os.path.join(shard_dir, CHUNKS_FILE))
+    assert not os.path.exists(os.path.join(shard_dir, FILES_FILE))
+
+
+def test_results_go_to_the_cache_and_failures_stay_with_the_run(tmp_path):
+    from whisper_pipeline.core.results import ContentResult
+    from whisper_pipeline.core.staging import read_results, write_results
+
+    store = Storage(str(tmp_path))
+    run_dir = store.staging_dir("2026-11-20", "run-1")
+    ok = ContentResult("a" * 64, "ok", duration_s=3.0, segments=[{"text": "hello"}])
+    failed = ContentResult("b" * 64, "failed", error="model error")
+    write_results(store, run_dir, "key1", [ok, failed])
+    assert store.cached_contents("key1") == {"a" * 64}  # failures are never cached
+    found = read_results(store, run_dir, "key1", ["a" * 64, "b" * 64, "c" * 64])
+    assert found == {"a" * 64: ok, "b" * 64: failed}
+    # Another run sees the cached result but not this run's failure, so it tries again.
+    other = read_results(store, store.staging_dir("2026-11-20", "run-2"), "key1", ["b" * 64])
+    assert other == {}
+    # A failure of this run wins over an older cached result of the same content.
+    write_results(store, run_dir, "key1", [ContentResult("a" * 64, "failed", error="oom")])
+    assert read_results(store, run_dir, "key1", ["a" * 64])["a" * 64].status == "failed"

@@ -1,24 +1,17 @@
-import math
-import os
 import posixpath
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
-from whisper_pipeline.core.chunking import SpeechChunk
 from whisper_pipeline.core.memory import release_free_memory
 from whisper_pipeline.core.preprocess import preprocess_file
 from whisper_pipeline.core.progress import Progress
 from whisper_pipeline.core.results import (
-    ContentResult,
     assemble,
     bridge_transcripts,
     build_tables,
@@ -26,95 +19,39 @@ from whisper_pipeline.core.results import (
 )
 from whisper_pipeline.core.schema import (
     STATUS_FAILED,
-    STATUS_NO_SPEECH,
     STATUS_OK,
     TABLE_DESCRIPTIONS,
     TABLE_SCHEMAS,
 )
-from whisper_pipeline.core.sharding import PendingFile, balance_shards
+from whisper_pipeline.core.sharding import balance_shards, pending_files, shard_count
 from whisper_pipeline.core.staging import (
-    CHUNKS_FILE,
-    FEATURES_FILE,
     FILES_FILE,
     RUN_ACTIVE,
     RUN_ENDED,
     RUN_UNKNOWN,
-    SHARD_CHUNKS,
-    SHARD_FILES,
+    ShardFeatures,
+    ShardPlan,
+    ShardTranscripts,
+    ShardWriter,
     chunk_waves,
     read_chunk_rows,
+    read_results,
     remove_stale_runs,
+    write_results,
 )
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline.metrics import idle_metrics, peak_rss_mib, preview_markdown, step_intervals
+from whisper_pipeline.metrics import (
+    audio_files_metadata,
+    idle_metrics,
+    peak_rss_mib,
+    preview_markdown,
+    step_intervals,
+    transcripts_metadata,
+)
 from whisper_pipeline.partitions import daily_partitions
 from whisper_pipeline.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.sensors import record_orchestrator
-
-RESULT_THREADS = 8
-"""Result files read or written at once (small objects; I/O-bound on object stores)."""
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    """Files (distinct contents) one preprocessing step handles; passed between steps, small.
-
-    Attributes:
-        index: Shard number, from 0.
-        run_dir: Staging folder of this run and partition.
-        options_key: Cache key of the model and decoding options (``core.results``).
-        files: ``(content_sha256, path, declared duration_s or None)``, one per distinct content.
-    """
-
-    index: int
-    run_dir: str
-    options_key: str
-    files: tuple[tuple[str, str, float | None], ...]
-
-    @property
-    def shard_dir(self) -> str:
-        """This shard's staging folder."""
-        return posixpath.join(self.run_dir, f"shard-{self.index:05d}")
-
-
-@dataclass(frozen=True)
-class ShardFeatures:
-    """Where a preprocessed shard's chunk features are (features never travel through Dagster).
-
-    Attributes:
-        plan: The shard.
-        n_mels: Mel bins per feature frame.
-        audio_s: Decoded audio in seconds.
-        preprocess_s: Wall seconds the step spent decoding, VAD-splitting and featurizing.
-        peak_rss_mib: The step process's peak resident set size, MiB (``peak_rss_mib``).
-    """
-
-    plan: ShardPlan
-    n_mels: int
-    audio_s: float
-    preprocess_s: float
-    peak_rss_mib: float
-
-
-@dataclass(frozen=True)
-class ShardTranscripts:
-    """Summary of a transcribed shard; its results are per content in the result cache.
-
-    Attributes:
-        features: The preprocessed shard it came from.
-        transcribe_s: Wall seconds of batched decoding (model load excluded).
-        model_load_s: Seconds spent loading the model in this step.
-        generate_calls: CTranslate2 ``generate`` calls made (fallbacks and seeks included).
-        peak_rss_mib: The step process's peak resident set size, MiB (``peak_rss_mib``).
-    """
-
-    features: ShardFeatures
-    transcribe_s: float
-    model_load_s: float
-    generate_calls: int
-    peak_rss_mib: float
-
 
 CPU_MIN_AUDIO_S_PER_SHARD = 1800.0
 """Audio per shard when the model runs on CPU. There transcription is far slower than
@@ -187,36 +124,22 @@ def plan_shards(
         context.log.info("removed the staging folders of %d ended runs", len(removed))
     run_dir = store.staging_dir(context.partition_key, context.run_id)
     spec = whisper.spec()
-    key = spec.cache_key
-    cached = set() if config.redo else store.cached_contents(key)
-    pending: dict[str, PendingFile] = {}
-    skipped = set()
-    for row in audio_manifest.to_pylist():
-        sha = row["content_sha256"]
-        if row["status"] != STATUS_OK or sha in pending or sha in skipped:
-            continue
-        if sha in cached:
-            skipped.add(sha)
-            continue
-        path = store.path_of(row["source_uri"])
-        # Unknown durations (raw AAC) are estimated from size at 128 kbit/s, for balancing only.
-        balance = row["duration_s"] or row["size_bytes"] / 16000
-        pending[sha] = PendingFile(sha, path, row["duration_s"], balance)
-    total = sum(f.balance_s for f in pending.values())
-    per_shard = config.audio_s_per_shard(spec.device)
-    shards = max(1, min(config.max_shards, math.ceil(total / per_shard)))
-    groups = balance_shards(list(pending.values()), shards) if pending else []
+    cached = set() if config.redo else store.cached_contents(spec.cache_key)
+    pending, skipped = pending_files(audio_manifest.to_pylist(), cached, store.path_of)
+    total = sum(f.balance_s for f in pending)
+    shards = shard_count(total, config.audio_s_per_shard(spec.device), config.max_shards)
+    groups = balance_shards(pending, shards) if pending else []
     context.log.info(
         "%d distinct contents to transcribe (%.0f s of audio) in %d shards; %d already cached",
         len(pending),
         total,
         len(groups),
-        len(skipped),
+        skipped,
     )
     for index, group in enumerate(groups):
         files = tuple((f.content_sha256, f.path, f.duration_s) for f in group)
         yield dg.DynamicOutput(
-            ShardPlan(index, run_dir, key, files), mapping_key=f"shard_{index:05d}"
+            ShardPlan(index, run_dir, spec.cache_key, files), mapping_key=f"shard_{index:05d}"
         )
 
 
@@ -244,11 +167,6 @@ def preprocess_shard(
     started = time.perf_counter()
     store = storage.get()
     extractor = whisper.feature_extractor()
-    files, chunks = [], []
-    frame_offset = 0
-    audio_s = 0.0
-    features_path = posixpath.join(shard.shard_dir, FEATURES_FILE)
-    store.fs.makedirs(shard.shard_dir, exist_ok=True)
     progress = Progress(
         f"shard {shard.index} preprocessing",
         len(shard.files),
@@ -256,93 +174,32 @@ def preprocess_shard(
         unit="files",
         log=context.log.info,
     )
-    with (
-        store.fs.open(features_path, "wb") as features_out,
-        tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as spool_dir,
-        progress,
-    ):
-        spool_path = os.path.join(spool_dir, "audio.s16")
-
-        def stage_chunk(sha: str, chunk: SpeechChunk, features: np.ndarray) -> None:
-            nonlocal frame_offset
-            features_out.write(np.ascontiguousarray(features.T, dtype=np.float32).tobytes())
-            chunks.append(
-                {
-                    "content_sha256": sha,
-                    "chunk_index": chunk.index,
-                    "frame_offset": frame_offset,
-                    "n_frames": features.shape[1],
-                    "speech_starts": list(chunk.speech_starts),
-                    "speech_ends": list(chunk.speech_ends),
-                }
-            )
-            frame_offset += features.shape[1]
-
+    with ShardWriter(store, shard.shard_dir) as writer, progress:
         for sha, path, declared in progress.each(shard.files, lambda f: f[2] or 0.0):
             with store.fs.open(path, "rb") as handle:
-                done = preprocess_file(
-                    handle, declared, extractor, spool_path, partial(stage_chunk, sha)
-                )
-            if done.status != STATUS_FAILED:
-                audio_s += done.duration_s
-            files.append(_file_row(sha, done.duration_s, done.speech_s, done.status, done.error))
-    store.write_parquet(
-        posixpath.join(shard.shard_dir, CHUNKS_FILE),
-        pa.Table.from_pylist(chunks, schema=SHARD_CHUNKS),
-    )
-    store.write_parquet(
-        posixpath.join(shard.shard_dir, FILES_FILE),
-        pa.Table.from_pylist(files, schema=SHARD_FILES),
-    )
+                sink = partial(writer.add_chunk, sha)
+                outcome = preprocess_file(handle, declared, extractor, writer.spool_path, sink)
+            writer.add_file(sha, outcome)
     elapsed = time.perf_counter() - started
     peak = peak_rss_mib()
     context.log.info(
         "shard %d: %d files, %.1f s audio -> %d chunks in %.1f s, peak RSS %.0f MiB",
         shard.index,
         len(shard.files),
-        audio_s,
-        len(chunks),
+        writer.audio_s,
+        len(writer.chunks),
         elapsed,
         peak,
     )
     context.add_output_metadata(
-        {"audio_seconds": round(audio_s, 2), "chunks": len(chunks), "peak_rss_mib": round(peak)}
+        {
+            "audio_seconds": round(writer.audio_s, 2),
+            "chunks": len(writer.chunks),
+            "peak_rss_mib": round(peak),
+        }
     )
-    return ShardFeatures(shard, extractor.mel_filters.shape[0], audio_s, elapsed, peak)
-
-
-def _file_row(sha: str, duration, speech_s: float, status: str, error: str) -> dict:
-    return {
-        "content_sha256": sha,
-        "duration_s": duration,
-        "speech_duration_s": speech_s,
-        "status": status,
-        "error": error,
-    }
-
-
-def failure_path(run_dir: str, content_sha256: str) -> str:
-    """Where a run keeps a failed content's result (never cached, so re-runs retry it)."""
-    return posixpath.join(run_dir, "failed", f"{content_sha256}.json")
-
-
-def write_result(store: Storage, shard: ShardPlan, result: ContentResult) -> None:
-    """Store one content's result: in the cache when it succeeded, run-local when it failed."""
-    if result.status == STATUS_FAILED:
-        path = failure_path(shard.run_dir, result.content_sha256)
-    else:
-        path = store.result_path(shard.options_key, result.content_sha256)
-    store.write_bytes_atomic(path, result.to_json())
-
-
-def read_result(store: Storage, key: str, run_dir: str, sha: str) -> ContentResult | None:
-    """This run's failure for a content, else its cached result, else ``None``."""
-    for path in (failure_path(run_dir, sha), store.result_path(key, sha)):
-        try:
-            return ContentResult.from_json(store.fs.cat_file(path))
-        except FileNotFoundError:
-            continue
-    return None
+    n_mels = extractor.mel_filters.shape[0]
+    return ShardFeatures(shard, n_mels, writer.audio_s, elapsed, peak)
 
 
 WAVE_BATCHES = 8
@@ -405,8 +262,7 @@ def transcribe_shard(
     finished = time.perf_counter()
     files = store.read_parquet(posixpath.join(shard_dir, FILES_FILE)).to_pylist()
     assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())
-    with ThreadPoolExecutor(RESULT_THREADS) as pool:
-        list(pool.map(lambda result: write_result(store, shard.plan, result), assembled))
+    write_results(store, shard.plan.run_dir, shard.plan.options_key, assembled)
     decode_s = finished - loaded
     peak = peak_rss_mib()
     context.log.info(
@@ -489,19 +345,11 @@ def write_tables(
     started_at = datetime.now(UTC)
     store = storage.get()
     spec = whisper.spec()
-    key = spec.cache_key
     run_dir = store.staging_dir(context.partition_key, context.run_id)
     manifest = audio_manifest.to_pylist()
     contents = sorted({row["content_sha256"] for row in manifest if row["status"] == STATUS_OK})
-    with ThreadPoolExecutor(RESULT_THREADS) as pool:
-        found = list(pool.map(lambda sha: read_result(store, key, run_dir, sha), contents))
-    results = {sha: result for sha, result in zip(contents, found, strict=True) if result}
-    files, transcripts, segments = build_tables(
-        manifest,
-        results,
-        spec,
-        started_at,
-    )
+    results = read_results(store, run_dir, spec.cache_key, contents)
+    files, transcripts, segments = build_tables(manifest, results, spec, started_at)
     warn_failed_files(context, files)
     reached, model_errors = model_failures(files)
     if reached and len(model_errors) == reached:
@@ -511,49 +359,16 @@ def write_tables(
             allow_retries=False,
         )
     publish_bridge(context, store, transcripts)
-    statuses = files.column("status").to_pylist()
-    audio_s = sum(s.features.audio_s for s in shards)
-    transcribe_s = sum(s.transcribe_s for s in shards)
-    speech_s = sum(transcripts.column("speech_duration_s").to_pylist())
-    all_audio_s = sum(transcripts.column("duration_s").to_pylist())
-    yield dg.Output(
-        files,
-        "audio_files",
-        metadata={
-            "files": len(statuses),
-            "files_ok": statuses.count(STATUS_OK),
-            "files_no_speech": statuses.count(STATUS_NO_SPEECH),
-            "files_failed": statuses.count(STATUS_FAILED),
-            "audio_hours": round(all_audio_s / 3600, 4),
-        },
-    )
-    yield dg.Output(
-        transcripts,
-        "transcripts",
-        metadata={
-            "audio_hours": round(all_audio_s / 3600, 4),
-            "speech_hours": round(speech_s / 3600, 4),
-            "audio_hours_transcribed_this_run": round(audio_s / 3600, 4),
-            "contents_from_cache": len(contents) - sum(len(s.features.plan.files) for s in shards),
-            "real_time_factor": round(transcribe_s / audio_s, 4) if audio_s else 0.0,
-            "transcribe_seconds": round(transcribe_s, 2),
-            "preprocess_seconds": round(sum(s.features.preprocess_s for s in shards), 2),
-            "model_load_seconds": round(sum(s.model_load_s for s in shards), 2),
-            "generate_calls": sum(s.generate_calls for s in shards),
-            **idle_metrics(
-                step_intervals(context.instance, context.run_id, transcribe_shard.name),
-                transcribe_s,
-                context.instance.get_run_stats(context.run_id).start_time,
-            ),
-            "preprocess_peak_rss_mib": round(
-                max((s.features.peak_rss_mib for s in shards), default=0)
-            ),
-            "transcribe_peak_rss_mib": round(max((s.peak_rss_mib for s in shards), default=0)),
-            "shards": len(shards),
-            **spec.metadata(),
-            "preview": dg.MetadataValue.md(preview_markdown(transcripts)),
-        },
-    )
+    yield dg.Output(files, "audio_files", metadata=audio_files_metadata(files, transcripts))
+    intervals = step_intervals(context.instance, context.run_id, transcribe_shard.name)
+    run_started = context.instance.get_run_stats(context.run_id).start_time
+    metadata = {
+        **transcripts_metadata(transcripts, shards, len(contents)),
+        **idle_metrics(intervals, sum(s.transcribe_s for s in shards), run_started),
+        **spec.metadata(),
+        "preview": dg.MetadataValue.md(preview_markdown(transcripts)),
+    }
+    yield dg.Output(transcripts, "transcripts", metadata=metadata)
     yield dg.Output(segments, "transcript_segments", metadata={"files": transcripts.num_rows})
     if store.fs.exists(run_dir):
         store.fs.rm(run_dir, recursive=True)

@@ -1,6 +1,14 @@
-"""Split a partition's pending files into shards of about equal audio duration."""
+"""Pick a partition's files still to transcribe and split them into shards of equal audio."""
 
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from whisper_pipeline.core.schema import STATUS_OK
+
+ESTIMATED_BYTES_PER_S = 16000
+"""Bytes per second assumed for a file whose duration is unknown (raw ADTS AAC declares none):
+128 kbit/s, a common AAC rate. Used for balancing shards only."""
 
 
 @dataclass(frozen=True)
@@ -40,3 +48,37 @@ def balance_shards(files: list[PendingFile], shards: int) -> list[list[PendingFi
         groups[target].append(file)
         loads[target] += max(file.balance_s, 1e-3)
     return [group for group in groups if group]
+
+
+def pending_files(
+    manifest: Iterable[dict], cached: set[str], path_of: Callable[[str], str]
+) -> tuple[list[PendingFile], int]:
+    """The distinct readable contents of a manifest that have no cached result.
+
+    Args:
+        manifest: ``audio_manifest`` rows (``content_sha256``, ``source_uri``, ``status``,
+            ``duration_s``, ``size_bytes``).
+        cached: Contents with a cached result for the model and options (skipped).
+        path_of: Storage path of a ``source_uri`` (``Storage.path_of``).
+
+    Returns:
+        ``(pending, skipped)``: one ``PendingFile`` per distinct content to transcribe, in
+        manifest order, and how many distinct contents were skipped as cached.
+    """
+    pending: dict[str, PendingFile] = {}
+    skipped = set()
+    for row in manifest:
+        sha = row["content_sha256"]
+        if row["status"] != STATUS_OK or sha in pending or sha in skipped:
+            continue
+        if sha in cached:
+            skipped.add(sha)
+            continue
+        balance = row["duration_s"] or row["size_bytes"] / ESTIMATED_BYTES_PER_S
+        pending[sha] = PendingFile(sha, path_of(row["source_uri"]), row["duration_s"], balance)
+    return list(pending.values()), len(skipped)
+
+
+def shard_count(total_s: float, per_shard_s: float, max_shards: int) -> int:
+    """Shards for ``total_s`` seconds of audio: one per ``per_shard_s``, 1 to ``max_shards``."""
+    return max(1, min(max_shards, math.ceil(total_s / per_shard_s)))

@@ -1,4 +1,9 @@
-"""The staging area: one run's preprocessed shards, read back in bounded waves, and its clean-up.
+"""The staging area: shard manifests, shards written and read back, results, clean-up.
+
+Shard manifests (``ShardPlan``, ``ShardFeatures``, ``ShardTranscripts``) are what steps pass each
+other; features are written by ``ShardWriter`` and read back in bounded waves (``chunk_waves``);
+each content's result is one JSON object (``write_results``, ``read_results``); the folders of
+runs that are gone are removed (``remove_stale_runs``).
 
 A preprocessed shard is three files in ``staging/YYYY-MM-DD/<run id>/shard-NNNNN/``:
 
@@ -11,13 +16,20 @@ A preprocessed shard is three files in ``staging/YYYY-MM-DD/<run id>/shard-NNNNN
 
 import os
 import posixpath
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from whisper_pipeline.core.batching import ChunkInput
+from whisper_pipeline.core.chunking import SpeechChunk
+from whisper_pipeline.core.preprocess import PreprocessedFile
+from whisper_pipeline.core.results import ContentResult
+from whisper_pipeline.core.schema import STATUS_FAILED
 from whisper_pipeline.core.storage import Storage
 
 SHARD_FILES = pa.schema(
@@ -43,6 +55,211 @@ SHARD_CHUNKS = pa.schema(
 FEATURES_FILE = "features.f32"
 CHUNKS_FILE = "chunks.parquet"
 FILES_FILE = "files.parquet"
+
+RESULT_THREADS = 8
+"""Result files read or written at once (small objects; I/O-bound on object stores)."""
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Files (distinct contents) one preprocessing step handles; passed between steps, small.
+
+    Attributes:
+        index: Shard number, from 0.
+        run_dir: Staging folder of this run and partition.
+        options_key: Cache key of the model and decoding options (``core.results.ModelSpec``).
+        files: ``(content_sha256, path, declared duration_s or None)``, one per distinct content.
+    """
+
+    index: int
+    run_dir: str
+    options_key: str
+    files: tuple[tuple[str, str, float | None], ...]
+
+    @property
+    def shard_dir(self) -> str:
+        """This shard's staging folder."""
+        return posixpath.join(self.run_dir, f"shard-{self.index:05d}")
+
+
+@dataclass(frozen=True)
+class ShardFeatures:
+    """Where a preprocessed shard's chunk features are (features never travel through Dagster).
+
+    Attributes:
+        plan: The shard.
+        n_mels: Mel bins per feature frame.
+        audio_s: Decoded audio in seconds.
+        preprocess_s: Wall seconds the step spent decoding, VAD-splitting and featurizing.
+        peak_rss_mib: The step process's peak resident set size, MiB (``metrics.peak_rss_mib``).
+    """
+
+    plan: ShardPlan
+    n_mels: int
+    audio_s: float
+    preprocess_s: float
+    peak_rss_mib: float
+
+
+@dataclass(frozen=True)
+class ShardTranscripts:
+    """Summary of a transcribed shard; its results are per content in the result cache.
+
+    Attributes:
+        features: The preprocessed shard it came from.
+        transcribe_s: Wall seconds of batched decoding (model load excluded).
+        model_load_s: Seconds spent loading the model in this step.
+        generate_calls: CTranslate2 ``generate`` calls made (fallbacks and seeks included).
+        peak_rss_mib: The step process's peak resident set size, MiB (``metrics.peak_rss_mib``).
+    """
+
+    features: ShardFeatures
+    transcribe_s: float
+    model_load_s: float
+    generate_calls: int
+    peak_rss_mib: float
+
+
+class ShardWriter:
+    """Writes a shard's three staging files while its files are preprocessed, one at a time.
+
+    A context manager: features stream to ``features.f32`` as chunks arrive (``add_chunk``,
+    the ``on_chunk`` sink of ``core.preprocess.preprocess_file``); ``chunks.parquet`` and
+    ``files.parquet`` are written on a clean exit, each atomically, so a shard with both
+    manifests is complete. ``spool_path`` is a local scratch file for the decoded samples,
+    removed on exit.
+
+    Args:
+        store: The storage holding the staging area.
+        shard_dir: The shard's staging folder (``ShardPlan.shard_dir``).
+
+    Attributes:
+        audio_s: Decoded audio of the files not failed, seconds.
+        chunks: Chunk rows written so far (``SHARD_CHUNKS``).
+        files: File rows written so far (``SHARD_FILES``).
+    """
+
+    def __init__(self, store: Storage, shard_dir: str):
+        self.store = store
+        self.shard_dir = shard_dir
+        self.audio_s = 0.0
+        self.chunks: list[dict] = []
+        self.files: list[dict] = []
+        self._frame_offset = 0
+        self._features = None
+        self._spool_dir = None
+
+    @property
+    def spool_path(self) -> str:
+        """Local scratch file for one file's decoded 16-bit PCM (reused file after file)."""
+        return os.path.join(self._spool_dir.name, "audio.s16")
+
+    def __enter__(self) -> "ShardWriter":
+        self.store.fs.makedirs(self.shard_dir, exist_ok=True)
+        self._spool_dir = tempfile.TemporaryDirectory(prefix="whisper-pipeline-")
+        features_path = posixpath.join(self.shard_dir, FEATURES_FILE)
+        self._features = self.store.fs.open(features_path, "wb")
+        return self
+
+    def add_chunk(self, content_sha256: str, chunk: SpeechChunk, features: np.ndarray) -> None:
+        """Append one chunk's log-mel ``features``, shape ``(n_mels, n_frames)``."""
+        self._features.write(np.ascontiguousarray(features.T, dtype=np.float32).tobytes())
+        self.chunks.append(
+            {
+                "content_sha256": content_sha256,
+                "chunk_index": chunk.index,
+                "frame_offset": self._frame_offset,
+                "n_frames": features.shape[1],
+                "speech_starts": list(chunk.speech_starts),
+                "speech_ends": list(chunk.speech_ends),
+            }
+        )
+        self._frame_offset += features.shape[1]
+
+    def add_file(self, content_sha256: str, outcome: PreprocessedFile) -> None:
+        """Record one file's outcome after its chunks (``core.preprocess.preprocess_file``)."""
+        if outcome.status != STATUS_FAILED:
+            self.audio_s += outcome.duration_s
+        self.files.append(
+            {
+                "content_sha256": content_sha256,
+                "duration_s": outcome.duration_s,
+                "speech_duration_s": outcome.speech_s,
+                "status": outcome.status,
+                "error": outcome.error,
+            }
+        )
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            self._features.close()
+        finally:
+            self._spool_dir.cleanup()
+        if exc_type is not None:
+            return
+        self.store.write_parquet(
+            posixpath.join(self.shard_dir, CHUNKS_FILE),
+            pa.Table.from_pylist(self.chunks, schema=SHARD_CHUNKS),
+        )
+        self.store.write_parquet(
+            posixpath.join(self.shard_dir, FILES_FILE),
+            pa.Table.from_pylist(self.files, schema=SHARD_FILES),
+        )
+
+
+def failure_path(run_dir: str, content_sha256: str) -> str:
+    """Where a run keeps a failed content's result (never cached, so re-runs retry it)."""
+    return posixpath.join(run_dir, "failed", f"{content_sha256}.json")
+
+
+def write_results(
+    store: Storage, run_dir: str, options_key: str, results: Iterable[ContentResult]
+) -> None:
+    """Store contents' results: in the cache when they succeeded, run-local when they failed.
+
+    Each is one small JSON object written atomically (``Storage.write_bytes_atomic``),
+    ``RESULT_THREADS`` at a time.
+    """
+
+    def write(result: ContentResult) -> None:
+        if result.status == STATUS_FAILED:
+            path = failure_path(run_dir, result.content_sha256)
+        else:
+            path = store.result_path(options_key, result.content_sha256)
+        store.write_bytes_atomic(path, result.to_json())
+
+    with ThreadPoolExecutor(RESULT_THREADS) as pool:
+        list(pool.map(write, results))
+
+
+def read_results(
+    store: Storage, run_dir: str, options_key: str, contents: Iterable[str]
+) -> dict[str, ContentResult]:
+    """Each content's result: this run's failure, else its cached result; absent when neither.
+
+    Args:
+        store: The storage root.
+        run_dir: The run's staging folder (``Storage.staging_dir``).
+        options_key: Cache key of the model and options (``ModelSpec.cache_key``).
+        contents: SHA-256 hex digests.
+
+    Returns:
+        Results by content SHA-256.
+    """
+
+    def read(sha: str) -> ContentResult | None:
+        for path in (failure_path(run_dir, sha), store.result_path(options_key, sha)):
+            try:
+                return ContentResult.from_json(store.fs.cat_file(path))
+            except FileNotFoundError:
+                continue
+        return None
+
+    contents = list(contents)
+    with ThreadPoolExecutor(RESULT_THREADS) as pool:
+        found = list(pool.map(read, contents))
+    return {sha: result for sha, result in zip(contents, found, strict=True) if result}
+
 
 STAGING_MAX_AGE_S = 24 * 3600.0
 """Staging folders of runs the instance does not record (deleted runs, another instance) are
