@@ -39,7 +39,8 @@ GPU_NODE_LABEL = "nvidia.com/gpu.present"
 CPU_STEP_RESOURCES = {
     # Preprocessing peaks near 360 MiB of RSS (streaming decode and VAD of a 2-hour file,
     # benchmarks/RESULTS.md); 1 GiB leaves room for the interpreter and PyAV's buffers.
-    "requests": {"cpu": "1", "memory": "1Gi"},
+    # Ephemeral storage: the local 16-bit PCM spool of the file being decoded (230 MiB an hour).
+    "requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"},
     "limits": {"memory": "2Gi"},
 }
 """Kubernetes resources of a CPU step's container."""
@@ -47,7 +48,8 @@ CPU_STEP_RESOURCES = {
 GPU_STEP_RESOURCES = {
     # Host memory: the transcription step peaked at 1.8 GiB with tiny.en on CPU
     # (benchmarks/RESULTS.md); large models hold their weights in host memory while loading.
-    "requests": {"cpu": "2", "memory": "8Gi"},
+    # Ephemeral storage: a hub model downloaded into HF_HOME (about 3 GB for large-v3).
+    "requests": {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "8Gi"},
     "limits": {"memory": "16Gi", "nvidia.com/gpu": "1"},
 }
 """Kubernetes resources of a transcription step's container: one GPU."""
