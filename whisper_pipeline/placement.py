@@ -39,7 +39,8 @@ GPU_NODE_LABEL = "nvidia.com/gpu.present"
 CPU_STEP_RESOURCES = {
     # Preprocessing peaks near 360 MiB of RSS (streaming decode and VAD of a 2-hour file,
     # benchmarks/RESULTS.md); 1 GiB leaves room for the interpreter and PyAV's buffers.
-    # Ephemeral storage: the local 16-bit PCM spool of the file being decoded (115 MB an hour of audio).
+    # Ephemeral storage: the local 16-bit PCM spool of the file being decoded (115 MB per
+    # hour of audio).
     "requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"},
     "limits": {"memory": "2Gi"},
 }
