@@ -11,10 +11,14 @@ from whisper_pipeline.core.storage import LandedFile, Storage
 from whisper_pipeline.partitions import daily_partitions
 from whisper_pipeline.placement import CPU_OP_TAGS
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.resources.storage import ROOT_ENV
 from whisper_pipeline.sensors import record_orchestrator
 
 STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL)
-"""Retries for steps whose failures are mostly transient storage errors (S3 throttling, 5xx)."""
+"""Retries for steps whose failures are mostly transient storage errors (S3 throttling, 5xx).
+
+Dagster's exponential backoff waits ``delay * (2**attempt - 1)``: 2, 6 and 14 s, so a storage
+step that keeps failing fails its run about 22 s (plus four attempts) after its first error."""
 
 STAGING_THREADS = 8
 """Files fingerprinted and probed at once: the work is I/O-bound on object stores."""
@@ -90,8 +94,9 @@ def audio_manifest(
 
     Fails without retry, before any work, when the Whisper configuration can never work
     (``WhisperModelResource.validate``) or the landing folder does not exist: an unmounted
-    volume or a mistyped root must not publish empty tables over good ones. An existing empty
-    folder is a day with no audio and publishes empty tables.
+    volume or a mistyped root must not publish empty tables over good ones (the message names
+    the bucket when an object store's bucket is missing). An existing empty folder is a day with
+    no audio and publishes empty tables.
     """
     record_orchestrator(context)  # before any pool slot is held: lets dead_run_sensor find it
     try:
@@ -101,6 +106,16 @@ def audio_manifest(
     store = storage.get()
     key = context.partition_key
     if not store.fs.isdir(store.raw_dir(key)):
+        bucket = store.missing_bucket()
+        if bucket:  # a mistyped root or endpoint, not a day without a folder
+            endpoint = storage.resolved_endpoint_url()
+            raise dg.Failure(
+                f"bucket '{bucket}' does not exist"
+                + (f" at {endpoint}" if endpoint else "")
+                + f", so there is no landing folder {store.uri(store.raw_dir(key))}; check the"
+                f" storage root ({ROOT_ENV} or resources.storage.config.root) and endpoint",
+                allow_retries=False,
+            )
         published = store.fs.exists(store.table_dir("audio_files", key))
         raise dg.Failure(
             f"landing folder {store.uri(store.raw_dir(key))} does not exist"

@@ -155,7 +155,7 @@ class ShardWriter:
         return os.path.join(self._spool_dir.name, "audio.s16")
 
     def __enter__(self) -> "ShardWriter":
-        self.store.fs.makedirs(self.shard_dir, exist_ok=True)
+        self.store.makedirs(self.shard_dir)
         self._spool_dir = tempfile.TemporaryDirectory(prefix="whisper-pipeline-")
         features_path = posixpath.join(self.shard_dir, FEATURES_FILE)
         self._features = self.store.fs.open(features_path, "wb")

@@ -204,13 +204,45 @@ class Storage:
         ]
         return _fingerprint(entries)
 
+    def missing_bucket(self) -> str:
+        """The root's bucket when the object store says it does not exist, else ``""``.
+
+        Tells a mistyped root or endpoint apart from a missing folder in error messages. Local
+        roots, existing buckets and buckets that cannot be checked (no right to list them, no
+        network) give ``""``.
+        """
+        if self.is_local:
+            return ""
+        bucket = self.root.split("/", 1)[0]
+        try:
+            self.fs.invalidate_cache(bucket)
+            self.fs.ls(bucket, detail=False)
+        except FileNotFoundError:
+            return bucket
+        except Exception:  # only a hint for a message: the caller fails anyway
+            return ""
+        return ""
+
+    def makedirs(self, path: str) -> None:
+        """Create a local folder and its parents; nothing on object stores.
+
+        Object stores have no folders: a key's PUT is enough. s3fs's ``makedirs`` would send a
+        HeadBucket first and, when that fails for any reason (a role whose ``s3:ListBucket`` is
+        limited to the root's prefix, which denies HeadBucket, or a transient error), try to
+        create the bucket: a failed write where the role may not create buckets, a new bucket
+        where it may, and one more request per write everywhere.
+        """
+        if self.is_local:
+            self.fs.makedirs(path, exist_ok=True)
+
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Write a file so readers see the old content or the new, never a part.
 
         Local: write a hidden temporary file beside it, then ``os.replace`` (atomic on POSIX).
-        Object stores: one PUT, which S3 and GCS make visible atomically.
+        Object stores: one PUT, which S3 and GCS make visible atomically (s3fs sends up to
+        100 MiB as one PutObject, more as a multipart upload, also visible only once complete).
         """
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.makedirs(posixpath.dirname(path))
         if not self.is_local:
             self.fs.pipe_file(path, data)
             return
