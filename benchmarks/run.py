@@ -436,19 +436,16 @@ def run_batched_per_file(inputs: list[AudioInput], config: ModelConfig) -> dict:
     )
 
 
-def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
-    """Method 3: the project's core (decode, VAD-split, featurize, cross-file batches).
+def prepare_chunks(inputs: list[AudioInput], feature_extractor) -> tuple[list, dict[str, str]]:
+    """The pipeline's preprocessing of every input: ``(chunk inputs, errors by name)``.
 
-    Returns:
-        ``texts`` (name to transcript), ``errors`` (name to message), ``wall_s``, and
-        ``chunks`` and ``generate_calls`` counts.
+    Each file goes through ``core.preprocess.preprocess_file`` as in ``preprocess_shard``; chunk
+    keys are ``(name, chunk index)``.
     """
-    from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput, DecodingOptions
+    from whisper_pipeline.core.batching import ChunkInput
     from whisper_pipeline.core.preprocess import preprocess_file
     from whisper_pipeline.core.schema import STATUS_FAILED
 
-    started = time.perf_counter()
-    model = load_pipeline_model(config)
     errors: dict[str, str] = {}
     chunk_inputs = []
     with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch:
@@ -467,9 +464,24 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
 
             with open(item.path, "rb") as handle:
                 # No declared duration: the benchmark never skipped truncated files.
-                done = preprocess_file(handle, None, model.feature_extractor, spool_path, add_chunk)
+                done = preprocess_file(handle, None, feature_extractor, spool_path, add_chunk)
             if done.status == STATUS_FAILED:
                 errors[item.name] = done.error
+    return chunk_inputs, errors
+
+
+def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
+    """Method 3: the project's core (decode, VAD-split, featurize, cross-file batches).
+
+    Returns:
+        ``texts`` (name to transcript), ``errors`` (name to message), ``wall_s``, and
+        ``chunks`` and ``generate_calls`` counts.
+    """
+    from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
+
+    started = time.perf_counter()
+    model = load_pipeline_model(config)
+    chunk_inputs, errors = prepare_chunks(inputs, model.feature_extractor)
     options = DecodingOptions(beam_size=config.beam_size, batch_size=config.batch_size)
     transcriber = BatchTranscriber(model, options)
     results = transcriber.transcribe(chunk_inputs)

@@ -20,6 +20,8 @@ CHECKS = {
     ("audio_files", "one_row_per_landed_file"): "Every staged file has exactly one row.",
     ("transcripts", "one_row_per_transcribed_file"): "One row per file not failed; no others.",
     ("transcripts", "text_where_speech"): "Files with status ok have non-empty text.",
+    ("transcript_words", "word_times_inside_file"): "Word starts never go back within a file, "
+    "and every word lies inside its file: 0 <= start_s <= end_s <= duration_s.",
     **{
         (table, "schema_matches_contract"): "Columns and types equal docs/SCHEMA.md."
         for table in TABLE_SCHEMAS
@@ -49,6 +51,37 @@ def failed_files_markdown(failed: list[dict], limit: int = FAILED_FILES_SHOWN) -
     if len(failed) > limit:
         lines.append(f"\n… and {len(failed) - limit} more (`status = 'failed'` in audio_files)")
     return "\n".join(lines)
+
+
+WORD_TIME_SLACK_S = 0.01
+"""Rounding allowance in seconds: word times are rounded to 10 ms, as faster-whisper's are."""
+
+
+def word_time_violations(words: list[dict], durations: dict[str, float]) -> list[str]:
+    """Words that go back in time within their file or lie outside it, described.
+
+    Args:
+        words: ``transcript_words`` rows (``file_id``, ``word_index``, ``word``, ``start_s``,
+            ``end_s``).
+        durations: ``audio_files.duration_s`` by ``file_id``, seconds.
+
+    Returns:
+        One line per violation, e.g. ``"1a2b...: word 7 'hello' ends at 12.30 s > 12.00 s"``.
+    """
+    problems = []
+    last_start: dict[str, float] = {}
+    for row in sorted(words, key=lambda r: (r["file_id"], r["word_index"])):
+        file_id, start, end = row["file_id"], row["start_s"], row["end_s"]
+        where = f"{file_id}: word {row['word_index']} {row['word']!r}"
+        duration = durations.get(file_id, 0.0)
+        if start < last_start.get(file_id, 0.0) - WORD_TIME_SLACK_S:
+            problems.append(f"{where} starts at {start:.2f} s, before the previous word")
+        if not 0.0 <= start <= end:
+            problems.append(f"{where} spans {start:.2f} to {end:.2f} s")
+        if end > duration + WORD_TIME_SLACK_S:
+            problems.append(f"{where} ends at {end:.2f} s > {duration:.2f} s")
+        last_start[file_id] = start
+    return problems
 
 
 def _schema_differences(table, expected) -> list[str]:
@@ -118,6 +151,19 @@ def transcript_table_checks(
         check_name="one_row_per_transcribed_file",
         passed=set(transcript_ids) == expected and len(transcript_ids) == len(expected),
         metadata={"rows": len(transcript_ids), "expected": len(expected)},
+    )
+
+    durations = {row["file_id"]: row["duration_s"] or 0.0 for row in files}
+    bad_words = word_time_violations(tables["transcript_words"].to_pylist(), durations)
+    yield dg.AssetCheckResult(
+        asset_key="transcript_words",
+        check_name="word_times_inside_file",
+        passed=not bad_words,
+        metadata={
+            "words": tables["transcript_words"].num_rows,
+            "violations": len(bad_words),
+            "examples": "; ".join(bad_words[:5]),
+        },
     )
 
     ok_ids = {row["file_id"] for row in files if row["status"] == STATUS_OK}

@@ -8,6 +8,7 @@ Importing this module never touches CUDA or loads a model (the forkserver preloa
 import dagster as dg
 
 from whisper_pipeline.assets.manifest import audio_manifest
+from whisper_pipeline.assets.subtitles import subtitle_files
 from whisper_pipeline.assets.transcription import transcript_tables
 from whisper_pipeline.checks import transcript_table_checks
 from whisper_pipeline.io_managers import PartitionedParquetIOManager
@@ -78,7 +79,7 @@ PROFILE = current_profile()
 """The profile this code location was loaded with."""
 
 defs = dg.Definitions(
-    assets=[audio_manifest, transcript_tables],
+    assets=[audio_manifest, transcript_tables, subtitle_files],
     asset_checks=[transcript_table_checks],
     jobs=[transcribe_partition_job],
     schedules=[nightly_transcription_schedule],

@@ -19,3 +19,37 @@ def english_wer(references: list[str], hypotheses: list[str]) -> float:
 
     normalize = EnglishTextNormalizer()
     return jiwer.wer([normalize(r) for r in references], [normalize(h) for h in hypotheses])
+
+
+def _word_key(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+def word_start_differences(
+    words: list[tuple[str, float]], reference: list[tuple[str, float]]
+) -> list[float]:
+    """Absolute start-time differences (seconds) of the words two timings share.
+
+    The two word sequences are matched as sequences (``difflib.SequenceMatcher`` over the words
+    lowercased and stripped of punctuation), so a word one transcript lacks or spells otherwise
+    is skipped, not paired with its neighbour.
+
+    Args:
+        words: ``(word, start_s)`` in time order, e.g. from ``transcript_words``.
+        reference: ``(word, start_s)`` from another method, e.g. faster-whisper's sequential
+            ``transcribe(word_timestamps=True)``.
+
+    Returns:
+        ``|start - reference start|`` for every matched word, in order.
+    """
+    import difflib
+
+    matcher = difflib.SequenceMatcher(
+        a=[_word_key(w) for w, _ in words], b=[_word_key(w) for w, _ in reference], autojunk=False
+    )
+    differences = []
+    for block in matcher.get_matching_blocks():
+        for offset in range(block.size):
+            a, b = words[block.a + offset], reference[block.b + offset]
+            differences.append(abs(a[1] - b[1]))
+    return differences

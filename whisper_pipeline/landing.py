@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.core.storage import EMPTY_LISTING_FINGERPRINT, Storage
 from whisper_pipeline.partitions import daily_partitions
 from whisper_pipeline.resources import StorageResource
@@ -82,10 +83,11 @@ PARTITION_TAG = "dagster/partition"
 MANIFEST_KEY = dg.AssetKey("audio_manifest")
 """The staging asset whose materializations record the fingerprint."""
 
-TABLE_KEYS = tuple(
-    dg.AssetKey(name) for name in ("audio_files", "transcripts", "transcript_segments")
-)
-"""The tables that must be published after the manifest for its fingerprint to count."""
+TABLE_KEYS = tuple(dg.AssetKey(name) for name in (*TABLE_SCHEMAS, "subtitle_files"))
+"""What must be published after the manifest for its fingerprint to count: every table and the
+subtitle exports. A partition published before an output existed (``transcript_words``) is
+stale, so the nightly schedule and the sensor rebuild it within the lookback window; so is one
+whose subtitles failed after its tables were published."""
 
 PENDING_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,

@@ -148,6 +148,7 @@ def transcripts_metadata(
         "preprocess_seconds": round(sum(s.features.preprocess_s for s in shards), 2),
         "model_load_seconds": round(sum(s.model_load_s for s in shards), 2),
         "generate_calls": sum(s.generate_calls for s in shards),
+        "word_alignment_seconds": round(sum(s.align_s for s in shards), 2),
         "preprocess_peak_rss_mib": round(max((s.features.peak_rss_mib for s in shards), default=0)),
         "transcribe_peak_rss_mib": round(max((s.peak_rss_mib for s in shards), default=0)),
         "shards": len(shards),

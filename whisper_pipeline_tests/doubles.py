@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from whisper_pipeline.core.audio import SAMPLE_RATE
-from whisper_pipeline.core.batching import ChunkInput, ChunkResult, Segment
+from whisper_pipeline.core.batching import ChunkInput, ChunkResult, Segment, Word
 from whisper_pipeline.resources.whisper import WhisperModelResource
 
 
@@ -21,15 +21,19 @@ def fake_text(content_sha256: str, chunk_index: int) -> str:
 
 
 class FakeTranscriber:
-    """Same interface as ``core.batching.BatchTranscriber``: ``transcribe`` and ``generate_calls``.
+    """Same interface as ``core.batching.BatchTranscriber``: ``transcribe``, ``generate_calls``,
+    ``align_s``.
 
     Args:
         fail_contents: SHA-256 prefixes whose chunks "raise in the model" (``"*"``: all).
+        word_timestamps: Give each segment its words, the segment's span cut in equal parts.
     """
 
-    def __init__(self, fail_contents: list[str]):
+    def __init__(self, fail_contents: list[str], word_timestamps: bool = True):
         self.fail_contents = list(fail_contents)
+        self.word_timestamps = word_timestamps
         self.generate_calls = 0
+        self.align_s = 0.0
         self.chunks_seen = 0
 
     def transcribe(self, chunks: list[ChunkInput]) -> list[ChunkResult]:
@@ -45,7 +49,16 @@ class FakeTranscriber:
                 continue
             start = chunk.speech_starts[0] / SAMPLE_RATE
             end = chunk.speech_ends[-1] / SAMPLE_RATE
-            segment = Segment(start, end, fake_text(sha, index), -0.1, 0.01, 1.2, 0.0)
+            text = fake_text(sha, index)
+            words = ()
+            if self.word_timestamps:
+                parts = text.split()
+                step = (end - start) / len(parts)
+                words = tuple(
+                    Word(part, start + i * step, start + (i + 1) * step, 0.9)
+                    for i, part in enumerate(parts)
+                )
+            segment = Segment(start, end, text, -0.1, 0.01, 1.2, 0.0, words)
             results.append(ChunkResult(chunk.key, [segment], "en", 1.0))
         return results
 
@@ -83,4 +96,4 @@ class FakeTranscriberResource(WhisperModelResource):
 
     def transcriber(self) -> FakeTranscriber:
         """A fresh ``FakeTranscriber``."""
-        return FakeTranscriber(self.fail_contents)
+        return FakeTranscriber(self.fail_contents, self.word_timestamps)

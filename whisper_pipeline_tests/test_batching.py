@@ -247,3 +247,59 @@ def test_two_workers_decode_batches_concurrently_with_the_same_text(model, input
     assert texts(concurrent.transcribe(inputs)) == texts(single.transcribe(inputs))
     assert peak == 2, "batches never overlapped"
     assert concurrent.generate_calls == single.generate_calls
+
+
+@pytest.mark.slow  # the real model, batched and sequential, on seven clips
+def test_word_timestamps_agree_with_faster_whispers_sequential_words(corpus, model, inputs):
+    from whisper_pipeline.evaluation import word_start_differences
+
+    transcriber = BatchTranscriber(model, DecodingOptions(word_timestamps=True))
+    results = transcriber.transcribe(inputs)
+    assert transcriber.align_calls > 0 and transcriber.align_failures == 0
+    differences = []
+    for name in CLIPS:
+        chunks = sorted((r for r in results if r.key[0] == name), key=lambda r: r.key)
+        segments = [s for chunk in chunks for s in chunk.segments]
+        words = [w for s in segments for w in s.words]
+        assert words, name
+        with open(corpus / name, "rb") as handle:
+            duration = audio.decode(handle).shape[0] / audio.SAMPLE_RATE
+        starts = [w.start for w in words]
+        # Monotonic within the file, inside the file, inside (or at the edge of) their segment.
+        assert starts == sorted(starts), name
+        assert all(0 <= w.start <= w.end <= duration + 0.01 for w in words), name
+        for segment in segments:
+            for w in segment.words:
+                assert segment.start - 0.5 <= w.start and w.end <= segment.end + 0.5, (name, w)
+        # Every character of the text is in a timed word, in order (Whisper's word split may
+        # differ from spaces: "all-eating" is "all" + "-eating").
+        for segment in segments:
+            assert "".join(w.word for w in segment.words) == "".join(segment.text.split())
+        sequential, _ = model.transcribe(str(corpus / name), beam_size=5, word_timestamps=True)
+        reference = [(w.word, w.start) for s in sequential for w in s.words]
+        differences += word_start_differences([(w.word, w.start) for w in words], reference)
+    assert len(differences) > 150
+    assert float(np.median(differences)) < 0.2
+
+
+def test_detected_languages_are_read_per_row_from_the_encoder_output():
+    # The detection path of multilingual models, with a stand-in for CTranslate2's
+    # detect_language (no multilingual model installs from the package registries here).
+    from types import SimpleNamespace
+
+    detected = [[("<|fr|>", 0.91), ("<|en|>", 0.05)], [("<|de|>", 0.66), ("<|nl|>", 0.3)]]
+    transcriber = BatchTranscriber.__new__(BatchTranscriber)
+    transcriber.fixed_language = None
+    transcriber.model = SimpleNamespace(
+        model=SimpleNamespace(detect_language=lambda encoder_output: detected)
+    )
+    assert transcriber._languages(object(), 2) == [("fr", 0.91), ("de", 0.66)]
+    transcriber.fixed_language = "es"  # a configured language skips detection
+    assert transcriber._languages(object(), 2) == [("es", 1.0), ("es", 1.0)]
+
+
+@pytest.mark.slow  # the real model on a French clip
+def test_english_only_models_report_en_whatever_is_spoken(corpus, model):
+    inputs = chunk_inputs(corpus, model, ["short/pv_fr.wav"])
+    results = BatchTranscriber(model, DecodingOptions()).transcribe(inputs)
+    assert {(r.language, r.language_probability) for r in results} == {("en", 1.0)}

@@ -15,7 +15,14 @@ def test_definitions_load_and_resolve():
     job = defs.resolve_job_def("transcribe_partition")
     assert job.partitions_def.get_partition_keys()[0] == "2024-01-01"
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"audio_manifest", "audio_files", "transcripts", "transcript_segments"}
+    assert keys == {
+        "audio_manifest",
+        "audio_files",
+        "transcripts",
+        "transcript_segments",
+        "transcript_words",
+        "subtitle_files",
+    }
 
 
 def test_transcription_op_is_pooled_and_tagged():
@@ -57,7 +64,13 @@ def test_nightly_schedule_requests_yesterdays_partition(tmp_path):
 def test_storage_touching_steps_retry_with_backoff():
     job = defs.resolve_job_def("transcribe_partition")
     ops = {op.name: op for op in job.all_node_defs}
-    for name in ("plan_shards", "preprocess_shard", "transcribe_shard", "write_tables"):
+    for name in (
+        "plan_shards",
+        "preprocess_shard",
+        "transcribe_shard",
+        "write_tables",
+        "subtitle_files",
+    ):
         policy = ops[name].retry_policy
         assert policy.max_retries >= 3 and policy.backoff == dg.Backoff.EXPONENTIAL, name
 
@@ -130,3 +143,21 @@ def test_endpoint_comes_from_the_aws_sdk_variables(monkeypatch):
     assert StorageResource().resolved_endpoint_url() == "http://127.0.0.1:2"
     configured = StorageResource(endpoint_url="http://127.0.0.1:3")
     assert configured.resolved_endpoint_url() == "http://127.0.0.1:3"
+
+
+def test_word_time_violations_name_each_bad_word():
+    from whisper_pipeline.checks import word_time_violations
+
+    def word(file_id, index, start, end):
+        return {"file_id": file_id, "word_index": index, "word": f"w{index}", "start_s": start,
+                "end_s": end}  # fmt: skip
+
+    good = [word("a", 0, 0.0, 0.5), word("a", 1, 0.5, 1.0), word("b", 0, 0.2, 0.4)]
+    assert word_time_violations(good, {"a": 1.0, "b": 0.4}) == []
+    bad = [word("a", 0, 0.9, 1.0), word("a", 1, 0.4, 0.6), word("a", 2, 0.7, 0.6)]
+    bad += [word("b", 0, 0.2, 2.5)]
+    assert word_time_violations(bad, {"a": 1.0, "b": 2.0}) == [
+        "a: word 1 'w1' starts at 0.40 s, before the previous word",
+        "a: word 2 'w2' spans 0.70 to 0.60 s",
+        "b: word 0 'w0' ends at 2.50 s > 2.00 s",
+    ]

@@ -41,7 +41,7 @@ def corpus_run(corpus, tmp_path_factory):
 def query(root, sql: str):
     tables = {
         name: f"read_parquet('{root}/tables/{name}/*/*.parquet', hive_partitioning=true)"
-        for name in ("audio_files", "transcripts", "transcript_segments")
+        for name in ("audio_files", "transcripts", "transcript_segments", "transcript_words")
     }
     return duckdb.sql(sql.format(**tables)).fetchall()
 
@@ -105,7 +105,7 @@ def test_run_used_separate_step_processes_and_passed_its_checks(corpus_run):
     )
     assert len(step_pids) >= 2, "preprocessing shards did not run in separate processes"
     passed = re.findall(r"Asset check '(\w+)' on '\w+' passed", log)
-    assert len(passed) == 8 and "did not pass" not in " ".join(re.findall(r"Asset check .*", log))
+    assert len(passed) == 10 and "did not pass" not in " ".join(re.findall(r"Asset check .*", log))
 
 
 def test_run_reports_transcription_idle_fraction_and_peak_memory(corpus_run):
@@ -128,3 +128,29 @@ def test_run_reports_transcription_idle_fraction_and_peak_memory(corpus_run):
     # Each worker reports its own peak RSS: a model and its features, far below the machine.
     assert 100 < metadata["transcribe_peak_rss_mib"] < 4096
     assert 50 < metadata["preprocess_peak_rss_mib"] < 4096
+
+
+def test_words_language_and_subtitles_for_every_transcribed_file(corpus_run):
+    import pysubs2
+
+    root, _, _ = corpus_run
+    # Every file with text has words; their text is the transcript's, without the spaces.
+    mismatched = query(
+        root,
+        """
+        select t.file_id from {transcripts} t
+        left join (select file_id, string_agg(word, '' order by word_index) joined, count(*) n
+                   from {transcript_words} group by file_id) w using (file_id)
+        where t.text <> '' and (w.n is null or w.joined <> replace(t.text, ' ', ''))
+        """,
+    )
+    assert mismatched == []
+    # tiny.en is English-only: every transcript and segment says en.
+    assert query(root, "select distinct language from {transcripts} where text <> ''") == [("en",)]
+    assert query(root, "select distinct language from {transcript_segments}") == [("en",)]
+    ((with_text,),) = query(root, "select count(*) from {transcripts} where text <> ''")
+    folder = root / "exports" / "subtitles" / f"date={PARTITION}"
+    srt = sorted(folder.glob("*.srt"))
+    assert len(srt) == with_text and len(list(folder.glob("*.vtt"))) == with_text
+    for path in srt:
+        assert pysubs2.load(str(path)).events, path

@@ -130,7 +130,7 @@ def test_transcripts_metadata_sums_this_runs_shards():
     def shard(index, files, audio_s, preprocess_s, transcribe_s, rss):
         plan = ShardPlan(index, "/run", "key", tuple((f"{i}", "p", None) for i in range(files)))
         features = ShardFeatures(plan, 80, audio_s, preprocess_s, rss / 2)
-        return ShardTranscripts(features, transcribe_s, 1.5, 10, rss)
+        return ShardTranscripts(features, transcribe_s, 1.5, 10, rss, transcribe_s / 10)
 
     transcripts = pa.table({"duration_s": [3600.0, 3600.0], "speech_duration_s": [1800.0, 0.0]})
     shards = [shard(0, 3, 600.0, 20.0, 60.0, 1000), shard(1, 2, 1200.0, 30.0, 90.0, 1800)]
@@ -145,6 +145,7 @@ def test_transcripts_metadata_sums_this_runs_shards():
         "preprocess_seconds": 50.0,
         "model_load_seconds": 3.0,
         "generate_calls": 20,
+        "word_alignment_seconds": 15.0,
         "preprocess_peak_rss_mib": 900,
         "transcribe_peak_rss_mib": 1800,
         "shards": 2,

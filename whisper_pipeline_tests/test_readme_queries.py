@@ -2,8 +2,9 @@
 
 The fenced ``sql`` and ``python`` blocks of the "Storage contract" section are read from the
 README as they are and run from a folder laid out as the README assumes (``data/`` relative to
-the working directory), after two partitions were materialized in-process with the test double
-transcriber. Each must return rows. The demo's printed query is run the same way.
+the working directory), after two partitions of real speech were materialized in-process with
+the real model (the word query looks for a word that is said). Each must return rows. The
+demo's printed query is run the same way.
 """
 
 import ast
@@ -15,6 +16,7 @@ import duckdb
 import pytest
 
 from whisper_pipeline.demo import duckdb_query
+from whisper_pipeline.resources.whisper import WhisperModelResource
 from whisper_pipeline_tests.conftest import REPOSITORY
 from whisper_pipeline_tests.inprocess import materialize, step_failures
 
@@ -47,13 +49,14 @@ def data_cwd(corpus, tmp_path_factory):
     """A working directory whose ``data/`` holds two materialized partitions."""
     cwd = tmp_path_factory.mktemp("cwd")
     root = cwd / "data"
+    whisper = WhisperModelResource(device="cpu")
     for partition in PARTITIONS:
         landing = root / "raw" / partition
         landing.mkdir(parents=True)
         for name in CLIPS:
             shutil.copy(corpus / name, landing / Path(name).name)
         (landing / "corrupt_upload.mp3").write_bytes(b"this upload was cut off\n")
-        result = materialize(root, partition)
+        result = materialize(root, partition, whisper)
         assert result.success, step_failures(result)
     return cwd
 

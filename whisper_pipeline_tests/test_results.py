@@ -67,6 +67,12 @@ def test_build_tables_gives_failed_files_no_transcript_and_shares_duplicate_cont
                     "no_speech_prob": 0.0,
                     "compression_ratio": 1.0,
                     "temperature": 0.0,
+                    "language": "en",
+                    "language_probability": 1.0,
+                    "words": [
+                        {"word": "hi", "start_s": 0.1, "end_s": 0.6, "probability": 0.9},
+                        {"word": "there.", "start_s": 0.6, "end_s": 1.0, "probability": 0.8},
+                    ],
                 }
             ],
             transcribed_at=NOW,
@@ -74,7 +80,7 @@ def test_build_tables_gives_failed_files_no_transcript_and_shares_duplicate_cont
         "x": ContentResult("x", "failed", error="model failed", transcribed_at=NOW),
     }
     spec = ModelSpec("tiny.en", "cpu", "int8", DecodingOptions(beam_size=5))
-    files, transcripts, segments = build_tables(manifest, results, spec, datetime.now(UTC))
+    files, transcripts, segments, words = build_tables(manifest, results, spec, datetime.now(UTC))
     status = {r["file_id"]: (r["status"], r["error"]) for r in files.to_pylist()}
     assert status == {
         "one.wav": ("ok", ""),
@@ -84,6 +90,39 @@ def test_build_tables_gives_failed_files_no_transcript_and_shares_duplicate_cont
     }
     assert sorted(transcripts.column("file_id").to_pylist()) == ["copy.wav", "one.wav"]
     assert segments.num_rows == 2
+    assert segments.column("language").to_pylist() == ["en", "en"]
+    # Duplicate contents share one result: each file gets its own word rows, numbered from 0.
+    rows = sorted(words.to_pylist(), key=lambda r: (r["file_id"], r["word_index"]))
+    assert [(r["file_id"], r["word_index"], r["segment_index"], r["word"]) for r in rows] == [
+        ("copy.wav", 0, 0, "hi"),
+        ("copy.wav", 1, 0, "there."),
+        ("one.wav", 0, 0, "hi"),
+        ("one.wav", 1, 0, "there."),
+    ]
+
+
+def test_file_language_is_the_speech_weighted_majority_of_its_chunks():
+    from whisper_pipeline.core.results import majority_language
+
+    chunks = [
+        ChunkResult(("a", 0), [segment("bonjour", 0.0)], "fr", 0.6),
+        ChunkResult(("a", 1), [segment("hello", 30.0)], "en", 0.9),
+        ChunkResult(("a", 2), [segment("world", 60.0)], "en", 0.7),
+        ChunkResult(("a", 3), [], "", 0.0),
+    ]
+    frames = {("a", 0): 1500, ("a", 1): 1000, ("a", 2): 1000}
+    # The first 30 s say French (what faster-whisper would report); most speech is English.
+    assert majority_language(chunks, frames) == ("en", 0.8)
+    assert majority_language(chunks, {("a", 0): 3000, ("a", 1): 500}) == ("fr", 0.6)
+    assert majority_language([], {}) == ("", 0.0)
+    (result,) = assemble([file_info("a")], chunks, frames, NOW)
+    assert (result.language, result.language_probability) == ("en", 0.8)
+    assert [s["language"] for s in result.segments] == ["fr", "en", "en"]
+
+
+def test_word_timestamps_are_part_of_the_cache_key():
+    on = options_key("tiny.en", "int8", DecodingOptions())
+    assert on != options_key("tiny.en", "int8", DecodingOptions(word_timestamps=False))
 
 
 def test_options_key_changes_with_anything_that_changes_the_text():

@@ -281,10 +281,13 @@ def transcribe_shard(
             "transcribe_seconds": round(decode_s, 2),
             "model_load_seconds": round(loaded - started, 2),
             "generate_calls": transcriber.generate_calls,
+            "word_alignment_seconds": round(transcriber.align_s, 2),
             "peak_rss_mib": round(peak),
         }
     )
-    return ShardTranscripts(shard, decode_s, loaded - started, transcriber.generate_calls, peak)
+    return ShardTranscripts(
+        shard, decode_s, loaded - started, transcriber.generate_calls, peak, transcriber.align_s
+    )
 
 
 def publish_bridge(context: dg.OpExecutionContext, store: Storage, transcripts: pa.Table) -> None:
@@ -327,6 +330,7 @@ def warn_failed_files(context: dg.OpExecutionContext, files: pa.Table) -> None:
         "audio_files": dg.Out(pa.Table, io_manager_key="table_io_manager"),
         "transcripts": dg.Out(pa.Table, io_manager_key="table_io_manager"),
         "transcript_segments": dg.Out(pa.Table, io_manager_key="table_io_manager"),
+        "transcript_words": dg.Out(pa.Table, io_manager_key="table_io_manager"),
     },
     retry_policy=STORAGE_RETRY,
     tags=CPU_OP_TAGS,
@@ -349,7 +353,7 @@ def write_tables(
     manifest = audio_manifest.to_pylist()
     contents = sorted({row["content_sha256"] for row in manifest if row["status"] == STATUS_OK})
     results = read_results(store, run_dir, spec.cache_key, contents)
-    files, transcripts, segments = build_tables(manifest, results, spec, started_at)
+    files, transcripts, segments, words = build_tables(manifest, results, spec, started_at)
     warn_failed_files(context, files)
     reached, model_errors = model_failures(files)
     if reached and len(model_errors) == reached:
@@ -370,6 +374,7 @@ def write_tables(
     }
     yield dg.Output(transcripts, "transcripts", metadata=metadata)
     yield dg.Output(segments, "transcript_segments", metadata={"files": transcripts.num_rows})
+    yield dg.Output(words, "transcript_words", metadata={"files": transcripts.num_rows})
     if store.fs.exists(run_dir):
         store.fs.rm(run_dir, recursive=True)
 
@@ -402,11 +407,12 @@ def transcript_tables(audio_manifest):
     """Preprocess shards on CPU in parallel, transcribe them in micro-batches, publish tables."""
     shards = plan_shards(audio_manifest)
     transcribed = shards.map(lambda shard: transcribe_shard(preprocess_shard(shard)))
-    audio_files, transcripts, transcript_segments = write_tables(
+    audio_files, transcripts, transcript_segments, transcript_words = write_tables(
         audio_manifest, transcribed.collect()
     )
     return {
         "audio_files": audio_files,
         "transcripts": transcripts,
         "transcript_segments": transcript_segments,
+        "transcript_words": transcript_words,
     }

@@ -30,6 +30,7 @@ per-step matrix products do not keep both cores busy (timings in ``benchmarks/RE
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,6 +71,12 @@ the rows that run to Whisper's 224-token limit on a 5 s window (44 tokens/s) are
 loops that fail the compression-ratio check anyway. A legitimate row that reaches the cap is
 continued from its last timestamp in the next round, like any window Whisper leaves unfinished,
 so the cap bounds the cost of loops without cutting text."""
+
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+"""Punctuation merged into the following word (faster-whisper's ``transcribe`` default)."""
+
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+"""Punctuation merged into the preceding word (faster-whisper's ``transcribe`` default)."""
 
 CPU_FALLBACK_BATCH = 4
 """Rows per temperature-fallback ``generate`` call on CPU. Sampling ``best_of`` = 5 candidates
@@ -115,6 +122,7 @@ class DecodingOptions:
     batch_size: int = 8
     fallback_batch_size: int | None = None
     max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
+    word_timestamps: bool = True
 
     def cache_key_fields(self) -> dict:
         """The options that change the text (batch sizes do not), for result-cache keys."""
@@ -129,6 +137,7 @@ class DecodingOptions:
             "max_initial_timestamp_s": self.max_initial_timestamp_s,
             "language": self.language,
             "max_tokens_per_second": self.max_tokens_per_second,
+            "word_timestamps": self.word_timestamps,
         }
 
 
@@ -156,8 +165,29 @@ class ChunkInput:
 
 
 @dataclass(frozen=True)
+class Word:
+    """A word timed by cross-attention alignment, times in seconds from the start of the file.
+
+    Attributes:
+        word: The word as Whisper's tokenizer splits it, punctuation attached
+            (faster-whisper's ``merge_punctuations``), leading space stripped.
+        start: Start in seconds.
+        end: End in seconds (>= ``start``).
+        probability: Mean probability of its tokens (0-1).
+    """
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
 class Segment:
-    """A timestamped piece of text, times in seconds from the start of the file."""
+    """A timestamped piece of text, times in seconds from the start of the file.
+
+    ``words`` is empty unless word timestamps were asked for (``DecodingOptions``).
+    """
 
     start: float
     end: float
@@ -166,6 +196,7 @@ class Segment:
     no_speech_prob: float
     compression_ratio: float
     temperature: float
+    words: tuple[Word, ...] = ()
 
 
 @dataclass
@@ -195,6 +226,9 @@ class _Decoded:
     compression_ratio: float
     temperature: float
     text: str
+    # Per piece of ``BatchTranscriber._pieces``, its words as faster-whisper's
+    # add_word_timestamps gives them (times in the chunk's speech timeline); None when not aligned.
+    words: list[list[dict]] | None = None
 
     def needs_fallback(self, options: DecodingOptions) -> bool:
         # Same rule as faster-whisper's WhisperModel.generate_with_fallback.
@@ -300,7 +334,11 @@ class BatchTranscriber:
         # -1 expands to Whisper's non-speech symbols, as in faster-whisper's transcribe().
         self.suppress_tokens = get_suppressed_tokens(self.tokenizer, [-1])
         self.workers = max(1, int(getattr(model.model, "num_workers", 1)))
+        self._tokenizers = {language or "en": self.tokenizer}
         self.generate_calls = 0
+        self.align_calls = 0
+        self.align_s = 0.0
+        self.align_failures = 0
         self._calls_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -395,14 +433,18 @@ class BatchTranscriber:
         frames = max(w.frames for w in batch)
         decoded = self._generate(encoder_output, languages, self.options.temperatures[0], frames)
         host = self._host_copy(encoder_output)
-        outcomes = []
+        outcomes, final = [], []
         for row, (window, result) in enumerate(zip(batch, decoded, strict=True)):
+            encoded = None if host is None else host[row]
             if result.needs_fallback(self.options) and len(self.options.temperatures) > 1:
                 # A copy, not a view: a view would keep the whole batch's output alive.
-                encoded = None if host is None else host[row].copy()
+                encoded = None if encoded is None else encoded.copy()
                 outcomes.append(_Retry(window, languages[row], encoded, [result]))
             else:
                 outcomes.append((result, languages[row]))
+                final.append((window, result, languages[row][0], encoded))
+        whole_batch = encoder_output if len(final) == len(batch) else None
+        self._attach_words(final, whole_batch)
         return outcomes
 
     def _host_copy(self, encoder_output) -> np.ndarray | None:
@@ -434,7 +476,14 @@ class BatchTranscriber:
                     encoder_output = self.model.encode(features)
                 languages = [item.language for item in items]
                 frames = max(item.window.frames for item in items)
-                return self._generate(encoder_output, languages, temperature, frames)
+                decoded = self._generate(encoder_output, languages, temperature, frames)
+                passed = [
+                    (item.window, result, item.language[0], item.encoded)
+                    for item, result in zip(items, decoded, strict=True)
+                    if not result.needs_fallback(self.options)
+                ]
+                self._attach_words(passed, encoder_output if len(passed) == len(items) else None)
+                return decoded
 
             outcomes = self._map(lambda group, run=run: self._isolated(run, group), groups)
             for group, group_outcomes in zip(groups, outcomes, strict=True):
@@ -449,12 +498,16 @@ class BatchTranscriber:
                         done.append((retry, (outcome, retry.language)))
             pending = still_pending
         threshold = self.options.compression_ratio_threshold
+        chosen = []
         for retry in pending:
             # Every temperature failed: keep the most likely result that is not repetitive,
             # else the most likely of all (faster-whisper's rule).
             below = [r for r in retry.candidates if r.compression_ratio <= threshold]
             best = max(below or retry.candidates, key=lambda r: r.avg_logprob)
             done.append((retry, (best, retry.language)))
+            chosen.append((retry.window, best, retry.language[0], retry.encoded))
+        for start in range(0, len(chosen), size):
+            self._attach_words(chosen[start : start + size], None)
         return done
 
     def _languages(self, encoder_output, batch_size: int) -> list[tuple[str, float]]:
@@ -534,6 +587,93 @@ class BatchTranscriber:
             )
         return decoded
 
+    def _pieces(self, window: _Window, decoded: _Decoded) -> tuple[list[dict], int]:
+        """The window's complete segments (times in the chunk's timeline) and where to seek.
+
+        faster-whisper's timestamp splitter, as its ``BatchedInferencePipeline`` uses it: it
+        keeps complete segments and says where to seek when the window ended unfinished.
+        """
+        frames_per_second = self.model.frames_per_second
+        pieces, seek, _ = self.model._split_segments_by_timestamps(
+            tokenizer=self.tokenizer,
+            tokens=decoded.tokens,
+            time_offset=window.offset / frames_per_second,
+            segment_size=window.frames,
+            segment_duration=window.frames / frames_per_second,
+            seek=0,
+        )
+        return pieces, seek
+
+    def _tokenizer_for(self, language: str) -> Tokenizer:
+        """A tokenizer whose start sequence names ``language`` (alignment prompts)."""
+        if language not in self._tokenizers:
+            self._tokenizers[language] = Tokenizer(
+                self.model.hf_tokenizer,
+                self.model.model.is_multilingual,
+                task="transcribe",
+                language=language,
+            )
+        return self._tokenizers[language]
+
+    def _attach_words(self, rows: list[tuple], encoder_output=None) -> None:
+        """Time the words of finished rows: one batched ``Whisper.align`` per language.
+
+        faster-whisper's ``add_word_timestamps`` (its ``word_timestamps=True`` method: DTW over
+        the alignment heads' cross-attention, punctuation merged, long words at pauses cut) on
+        the rows' kept encoder output, ``num_frames`` per row. Sets ``_Decoded.words``; rows
+        without text are left alone. An alignment error is logged and leaves the rows without
+        words (their text is kept): timing words must never lose a transcript.
+
+        Args:
+            rows: ``(window, decoded, language, encoded)`` per row; ``encoded`` is the row's
+                encoder output on the host, or ``None`` (CUDA: the windows are encoded again).
+            encoder_output: The encoder output of exactly these rows in this order, if at hand.
+        """
+        if not self.options.word_timestamps:
+            return
+        by_language: dict[str, list[tuple[int, list[dict]]]] = {}
+        for index, (window, decoded, language, _) in enumerate(rows):
+            if decoded.is_silence(self.options) or not decoded.text:
+                continue
+            pieces, _ = self._pieces(window, decoded)
+            segments = [
+                {"tokens": p["tokens"], "seek": window.offset, "start": p["start"],
+                 "end": p["end"]}
+                for p in pieces
+            ]  # fmt: skip
+            if any(t < self.tokenizer.eot for p in pieces for t in p["tokens"]):
+                by_language.setdefault(language, []).append((index, segments))
+        for language, group in by_language.items():
+            indices = [index for index, _ in group]
+            if encoder_output is not None and indices == list(range(len(rows))):
+                encoded = encoder_output
+            elif all(rows[i][3] is not None for i in indices):
+                stacked = np.stack([rows[i][3] for i in indices])
+                encoded = ctranslate2.StorageView.from_array(np.ascontiguousarray(stacked))
+            else:
+                encoded = self.model.encode(pad_features([rows[i][0].features() for i in indices]))
+            started = time.perf_counter()
+            try:
+                self.model.add_word_timestamps(
+                    [segments for _, segments in group],
+                    self._tokenizer_for(language),
+                    encoded,
+                    [rows[i][0].frames for i in indices],
+                    PREPEND_PUNCTUATIONS,
+                    APPEND_PUNCTUATIONS,
+                    last_speech_timestamp=0.0,
+                )
+            except Exception as error:  # timing words must never lose the text
+                with self._calls_lock:
+                    self.align_failures += len(group)
+                logger.warning("word alignment failed for %d rows: %s", len(group), error)
+                continue
+            with self._calls_lock:
+                self.align_calls += 1
+                self.align_s += time.perf_counter() - started
+            for index, segments in group:
+                rows[index][1].words = [segment.get("words", []) for segment in segments]
+
     def _add_segments(
         self, result: ChunkResult, window: _Window, decoded: _Decoded
     ) -> _Window | None:
@@ -542,26 +682,28 @@ class BatchTranscriber:
             return None
         frames_per_second = self.model.frames_per_second
         offset_s = window.offset / frames_per_second
-        duration = window.frames / frames_per_second
-        # faster-whisper's timestamp splitter, as its BatchedInferencePipeline uses it. It keeps
-        # complete segments and says where to seek when the window ended unfinished.
-        pieces, seek, _ = self.model._split_segments_by_timestamps(
-            tokenizer=self.tokenizer,
-            tokens=decoded.tokens,
-            time_offset=offset_s,
-            segment_size=window.frames,
-            segment_duration=duration,
-            seek=0,
-        )
+        pieces, seek = self._pieces(window, decoded)
         chunk = window.chunk
         time_map = chunk_time_map(list(chunk.speech_starts), list(chunk.speech_ends))
         chunk_end = chunk.duration_s
-        for piece in pieces:
+
+        def file_time(seconds: float, is_end: bool = False) -> float:
+            clamped = min(max(seconds, 0.0), chunk_end)
+            return time_map.get_original_time(clamped, is_end=is_end)
+
+        for number, piece in enumerate(pieces):
             text = self.tokenizer.decode(piece["tokens"]).strip()
             if not text:
                 continue
             start = min(max(piece["start"], 0.0), chunk_end)
             end = min(max(piece["end"], start), chunk_end)
+            words = []
+            for word in decoded.words[number] if decoded.words else []:
+                word_start = file_time(word["start"])
+                word_end = max(file_time(word["end"], is_end=True), word_start)
+                words.append(
+                    Word(word["word"].strip(), word_start, word_end, float(word["probability"]))
+                )
             result.segments.append(
                 Segment(
                     start=time_map.get_original_time(start),
@@ -571,6 +713,7 @@ class BatchTranscriber:
                     no_speech_prob=float(decoded.no_speech_prob),
                     compression_ratio=get_compression_ratio(text),
                     temperature=decoded.temperature,
+                    words=tuple(words),
                 )
             )
         if not 0 < seek < window.frames and pieces:

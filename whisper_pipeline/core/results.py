@@ -13,13 +13,14 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from whisper_pipeline.core.batching import ChunkResult, DecodingOptions
+from whisper_pipeline.core.batching import ChunkResult, DecodingOptions, Segment
 from whisper_pipeline.core.schema import (
     AUDIO_FILES,
     STATUS_FAILED,
     STATUS_NO_SPEECH,
     STATUS_OK,
     TRANSCRIPT_SEGMENTS,
+    TRANSCRIPT_WORDS,
     TRANSCRIPTS,
 )
 
@@ -91,10 +92,14 @@ class ContentResult:
         error: Why it failed; empty otherwise.
         duration_s: Decoded duration in seconds; ``None`` when decoding failed.
         speech_duration_s: Speech found by VAD, in seconds.
-        language: ISO 639-1 code of the longest chunk ("" without speech).
-        language_probability: Its probability (0-1).
+        language: ISO 639-1 code of the file: its chunks' majority, weighted by speech duration
+            ("" without chunks).
+        language_probability: Speech-weighted mean probability of that language's chunks (0-1).
         segments: Dicts with ``start_s``, ``end_s`` (seconds from file start), ``text``,
-            ``avg_logprob``, ``no_speech_prob``, ``compression_ratio``, ``temperature``, in order.
+            ``avg_logprob``, ``no_speech_prob``, ``compression_ratio``, ``temperature``,
+            ``language``, ``language_probability`` (its chunk's) and ``words`` (dicts with
+            ``word``, ``start_s``, ``end_s``, ``probability``; empty without word timestamps),
+            in order.
         transcribed_at: ISO 8601 UTC time the model produced the result.
     """
 
@@ -118,6 +123,55 @@ class ContentResult:
         return cls(**json.loads(data))
 
 
+def segment_record(segment: Segment, language: str, language_probability: float) -> dict:
+    """A ``ContentResult.segments`` entry: the segment, its chunk's language and its words."""
+    return {
+        "start_s": segment.start,
+        "end_s": segment.end,
+        "text": segment.text,
+        "avg_logprob": segment.avg_logprob,
+        "no_speech_prob": segment.no_speech_prob,
+        "compression_ratio": segment.compression_ratio,
+        "temperature": segment.temperature,
+        "language": language,
+        "language_probability": language_probability,
+        "words": [
+            {"word": w.word, "start_s": w.start, "end_s": w.end, "probability": w.probability}
+            for w in segment.words
+        ],
+    }
+
+
+def majority_language(chunks: list[ChunkResult], chunk_frames: dict) -> tuple[str, float]:
+    """A file's language: its chunks' majority, each chunk weighted by its feature frames.
+
+    Whisper detects the language once per 30 s window; a file's chunks may disagree (code
+    switching, or a short chunk misdetected). Weighting by speech duration lets the bulk of the
+    speech decide, where faster-whisper and WhisperX use the first 30 s only.
+
+    Args:
+        chunks: The file's chunk results (``language``, ``language_probability``).
+        chunk_frames: Feature frames per chunk key (100 per second of speech).
+
+    Returns:
+        ``(language, probability)``: the language with the most frames (ties: first in chunk
+        order) and the frame-weighted mean probability of its chunks; ``("", 0.0)`` when no
+        chunk has a language.
+    """
+    weights: dict[str, float] = {}
+    mass: dict[str, float] = {}
+    for chunk in chunks:
+        if not chunk.language:
+            continue
+        weight = max(chunk_frames.get(chunk.key, 0), 1)
+        weights[chunk.language] = weights.get(chunk.language, 0.0) + weight
+        mass[chunk.language] = mass.get(chunk.language, 0.0) + weight * chunk.language_probability
+    if not weights:
+        return "", 0.0
+    language = max(weights, key=lambda code: weights[code])
+    return language, mass[language] / weights[language]
+
+
 def assemble(
     files: list[dict], chunk_results: list[ChunkResult], chunk_frames: dict, transcribed_at: str
 ) -> list[ContentResult]:
@@ -127,7 +181,7 @@ def assemble(
         files: Per content: ``content_sha256``, ``duration_s``, ``speech_duration_s``, ``status``
             (``ok``/``no_speech``/``failed`` from decoding and VAD) and ``error``.
         chunk_results: Model results keyed ``(content_sha256, chunk_index)``.
-        chunk_frames: Feature frames per chunk key (picks the language of the longest chunk).
+        chunk_frames: Feature frames per chunk key (weights of the chunks' languages).
         transcribed_at: ISO 8601 UTC timestamp to record.
 
     Returns:
@@ -156,22 +210,12 @@ def assemble(
             result.error = f"{MODEL_FAILED} on chunk {failed[0].key[1]}: {failed[0].error}"
         if result.status != STATUS_FAILED:
             result.segments = [
-                {
-                    "start_s": s.start,
-                    "end_s": s.end,
-                    "text": s.text,
-                    "avg_logprob": s.avg_logprob,
-                    "no_speech_prob": s.no_speech_prob,
-                    "compression_ratio": s.compression_ratio,
-                    "temperature": s.temperature,
-                }
+                segment_record(s, chunk.language, chunk.language_probability)
                 for chunk in chunks
                 for s in chunk.segments
             ]
             result.status = STATUS_OK if result.segments else STATUS_NO_SPEECH
-        if chunks:
-            main = max(chunks, key=lambda c: chunk_frames.get(c.key, 0))
-            result.language, result.language_probability = main.language, main.language_probability
+        result.language, result.language_probability = majority_language(chunks, chunk_frames)
         assembled.append(result)
     return assembled
 
@@ -196,9 +240,10 @@ def build_tables(
         processed_at: Timestamp for ``audio_files.processed_at`` (UTC).
 
     Returns:
-        ``(audio_files, transcripts, transcript_segments)`` in the schemas of ``core.schema``.
+        ``(audio_files, transcripts, transcript_segments, transcript_words)`` in the schemas of
+        ``core.schema``.
     """
-    files, transcripts, segments = [], [], []
+    files, transcripts, segments, words = [], [], [], []
     for staged in manifest:
         row = dict(staged, processed_at=processed_at)
         files.append(row)
@@ -213,8 +258,16 @@ def build_tables(
             row["duration_s"] = result.duration_s
         if result.status == STATUS_FAILED:
             continue
+        file_words = 0
         for index, segment in enumerate(result.segments):
-            segments.append({"file_id": row["file_id"], "segment_index": index, **segment})
+            fields = {key: value for key, value in segment.items() if key != "words"}
+            segments.append({"file_id": row["file_id"], "segment_index": index, **fields})
+            for word in segment["words"]:
+                words.append(
+                    {"file_id": row["file_id"], "segment_index": index,
+                     "word_index": file_words, **word}
+                )  # fmt: skip
+                file_words += 1
         transcripts.append(
             {
                 "file_id": row["file_id"],
@@ -235,6 +288,7 @@ def build_tables(
         pa.Table.from_pylist(files, schema=AUDIO_FILES),
         pa.Table.from_pylist(transcripts, schema=TRANSCRIPTS),
         pa.Table.from_pylist(segments, schema=TRANSCRIPT_SEGMENTS),
+        pa.Table.from_pylist(words, schema=TRANSCRIPT_WORDS),
     )
 
 

@@ -41,8 +41,17 @@ TRANSCRIPTS = pa.schema(
         _field("file_id", pa.string(), "Key into audio_files."),
         _field("content_sha256", pa.string(), "SHA-256 of the audio file's bytes."),
         _field("text", pa.string(), "Full transcript: the segments' text joined by spaces."),
-        _field("language", pa.string(), "ISO 639-1 code of the speech."),
-        _field("language_probability", pa.float64(), "Probability of that language (0-1)."),
+        _field(
+            "language",
+            pa.string(),
+            "ISO 639-1 code of the file's language: the majority of its chunks' languages, "
+            "weighted by speech duration (the configured language, or en for *.en models).",
+        ),
+        _field(
+            "language_probability",
+            pa.float64(),
+            "Speech-weighted mean detection probability of that language's chunks (0-1).",
+        ),
         _field("duration_s", pa.float64(), "Audio duration in seconds."),
         _field("speech_duration_s", pa.float64(), "Speech found by VAD, in seconds."),
         _field("segment_count", pa.int32(), "Rows of this file in transcript_segments."),
@@ -64,6 +73,24 @@ TRANSCRIPT_SEGMENTS = pa.schema(
         _field("no_speech_prob", pa.float64(), "Model's no-speech probability for the chunk."),
         _field("compression_ratio", pa.float64(), "gzip compression ratio of the text."),
         _field("temperature", pa.float64(), "Decoding temperature that produced the text."),
+        _field(
+            "language",
+            pa.string(),
+            "ISO 639-1 code detected on the segment's chunk (its first 30 s window).",
+        ),
+        _field("language_probability", pa.float64(), "Probability of that language (0-1)."),
+    ]
+)
+
+TRANSCRIPT_WORDS = pa.schema(
+    [
+        _field("file_id", pa.string(), "Key into audio_files."),
+        _field("segment_index", pa.int32(), "The word's segment in transcript_segments."),
+        _field("word_index", pa.int32(), "Position of the word in its file, from 0."),
+        _field("word", pa.string(), "The word with its attached punctuation, stripped of spaces."),
+        _field("start_s", pa.float64(), "Start, in seconds from the start of the file."),
+        _field("end_s", pa.float64(), "End, in seconds from the start of the file."),
+        _field("probability", pa.float64(), "Mean probability of the word's tokens (0-1)."),
     ]
 )
 
@@ -73,7 +100,10 @@ TABLE_DESCRIPTIONS = {
     "transcripts": "One row per transcribed file (status ok or no_speech): the full text, its "
     "language, durations, and the model, compute type and beam size that produced it.",
     "transcript_segments": "The timestamped segments of each transcript, times in seconds from "
-    "the start of the file.",
+    "the start of the file, with the language detected on each segment's chunk.",
+    "transcript_words": "One row per word of each transcript, timed by cross-attention alignment "
+    "(CTranslate2 Whisper.align, as faster-whisper's word_timestamps), seconds from the start "
+    "of the file.",
 }
 """What each published table holds (its description in the Dagster UI)."""
 
@@ -81,6 +111,7 @@ TABLE_SCHEMAS = {
     "audio_files": AUDIO_FILES,
     "transcripts": TRANSCRIPTS,
     "transcript_segments": TRANSCRIPT_SEGMENTS,
+    "transcript_words": TRANSCRIPT_WORDS,
 }
 """Published tables by name."""
 

@@ -111,6 +111,8 @@ class ShardTranscripts:
         model_load_s: Seconds spent loading the model in this step.
         generate_calls: CTranslate2 ``generate`` calls made (fallbacks and seeks included).
         peak_rss_mib: The step process's peak resident set size, MiB (``metrics.peak_rss_mib``).
+        align_s: Seconds of word alignment inside ``transcribe_s`` (summed over the workers'
+            calls, so it may exceed the wall time it took with several workers).
     """
 
     features: ShardFeatures
@@ -118,6 +120,7 @@ class ShardTranscripts:
     model_load_s: float
     generate_calls: int
     peak_rss_mib: float
+    align_s: float = 0.0
 
 
 class ShardWriter:

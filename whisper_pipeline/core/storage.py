@@ -7,6 +7,7 @@ Layout under the root::
     staging/audio_manifest/date=.../   the staging asset
     cache/<options key>/<sha[:2]>/<sha>.json   one transcription result per distinct content
     tables/<table>/date=YYYY-MM-DD/part-0.parquet
+    exports/subtitles/date=YYYY-MM-DD/<name>.srt|.vtt   subtitles of each transcribed file
 """
 
 import errno

@@ -56,6 +56,9 @@ class WhisperModelResource(dg.ConfigurableResource):
         beam_size: Beam width at temperature 0 (Whisper's default 5).
         batch_size: Chunks per ``generate`` call.
         language: ISO 639-1 code, or empty to detect per chunk (English-only models: ``en``).
+        word_timestamps: Time every word (``transcript_words``) by cross-attention alignment of
+            the kept encoder output, batched like decoding (``BatchTranscriber._attach_words``).
+            On by default: its cost on the corpus is in ``benchmarks/RESULTS.md``.
     """
 
     model: str = ""
@@ -66,6 +69,7 @@ class WhisperModelResource(dg.ConfigurableResource):
     beam_size: int = DecodingOptions.beam_size
     batch_size: int = DecodingOptions.batch_size
     language: str = ""
+    word_timestamps: bool = DecodingOptions.word_timestamps
 
     _loaded = PrivateAttr(default=None)
 
@@ -118,7 +122,10 @@ class WhisperModelResource(dg.ConfigurableResource):
     def decoding_options(self) -> DecodingOptions:
         """Decoding options from this config (Whisper defaults otherwise)."""
         return DecodingOptions(
-            beam_size=self.beam_size, batch_size=self.batch_size, language=self.language or None
+            beam_size=self.beam_size,
+            batch_size=self.batch_size,
+            language=self.language or None,
+            word_timestamps=self.word_timestamps,
         )
 
     def validate(self) -> None:
