@@ -1,8 +1,9 @@
-"""Compare four ways of transcribing the same audio with the same Whisper model.
+"""Compare four ways of transcribing the same audio with the same Whisper model, and ablations.
 
 Usage (from the repository root)::
 
-    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4] [--out benchmarks/out]
+    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4,5]
+                             [--out benchmarks/out]
                              [--limit N] [--short-clips 120] [--batch-size 8]
                              [--model DIR] [--device cpu] [--compute-type int8]
                              [--cpu-threads 0] [--num-workers 0]
@@ -21,6 +22,10 @@ another model directory), device and compute type, and beam size 5:
 4. **Dagster partition via CLI**: the whole partition materialized with
    ``dagster asset materialize`` (multiprocess executor, manifest asset, sharded preprocessing,
    batched transcription, Parquet tables and asset checks) on a temporary storage root.
+5. **core without window packing** (ablation of 3): the same, ``pack_windows=False``: every
+   chunk gets a 30 s encoder window of its own.
+
+Methods 3 and 4 run with the pipeline's defaults (window packing and word timestamps on).
 
 Each method runs in a fresh worker subprocess, so imports, model load and peak memory are measured
 per method. Input sets: ``corpus`` (every file of ``../shared/corpus/manifest.csv``, or of
@@ -79,6 +84,7 @@ METHODS = {
     2: "faster-whisper batched",
     3: "pipeline core in-process",
     4: "Dagster partition via CLI",
+    5: "core, no window packing",
 }
 SENTENCE_SEED = 20261120
 MIN_WORDS, MAX_WORDS = 6, 20
@@ -470,7 +476,7 @@ def prepare_chunks(inputs: list[AudioInput], feature_extractor) -> tuple[list, d
     return chunk_inputs, errors
 
 
-def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
+def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool = True) -> dict:
     """Method 3: the project's core (decode, VAD-split, featurize, cross-file batches).
 
     Returns:
@@ -482,7 +488,9 @@ def run_core(inputs: list[AudioInput], config: ModelConfig) -> dict:
     started = time.perf_counter()
     model = load_pipeline_model(config)
     chunk_inputs, errors = prepare_chunks(inputs, model.feature_extractor)
-    options = DecodingOptions(beam_size=config.beam_size, batch_size=config.batch_size)
+    options = DecodingOptions(
+        beam_size=config.beam_size, batch_size=config.batch_size, pack_windows=pack_windows
+    )
     transcriber = BatchTranscriber(model, options)
     results = transcriber.transcribe(chunk_inputs)
     wall_s = time.perf_counter() - started
@@ -686,6 +694,8 @@ def run_worker(args: argparse.Namespace) -> int:
         result = run_batched_per_file(inputs, config)
     elif args.worker == 3:
         result = run_core(inputs, config)
+    elif args.worker == 5:
+        result = run_core(inputs, config, pack_windows=False)
     else:
         result = run_dagster_cli(inputs, config, Path(payload["log_path"]))
     if args.worker == 4:
@@ -908,7 +918,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", default="corpus,many-short", help="comma-separated sets")
-    parser.add_argument("--methods", default="1,2,3,4", help="comma-separated method numbers")
+    parser.add_argument("--methods", default="1,2,3,4,5", help="comma-separated method numbers")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     parser.add_argument("--limit", type=int, help="use only the first N files of each set")
     parser.add_argument("--short-clips", type=int, default=120, help="clips in many-short")

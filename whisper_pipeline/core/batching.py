@@ -72,6 +72,13 @@ loops that fail the compression-ratio check anyway. A legitimate row that reache
 continued from its last timestamp in the next round, like any window Whisper leaves unfinished,
 so the cap bounds the cost of loops without cutting text."""
 
+PACK_MAX_ITEM_FRAMES = 1000
+"""Chunks of at most 10 s (1000 frames) are packed; longer ones keep a window of their own."""
+
+PACK_GAP_FRAMES = 100
+"""Silence between packed chunks: 1 s, long enough for Whisper to end a segment (it emits a
+timestamp pair at a pause) and far more than the 0.3 s a word's alignment spills over."""
+
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 """Punctuation merged into the following word (faster-whisper's ``transcribe`` default)."""
 
@@ -108,6 +115,11 @@ class DecodingOptions:
         max_tokens_per_second: Token budget of a ``generate`` call: ``MAX_TOKENS_BASE`` plus
             this many tokens per second of its longest window, within the model's own limit;
             ``None`` leaves only the model's limit (448 with the prompt, as faster-whisper).
+        word_timestamps: Time every word (``Segment.words``) by cross-attention alignment.
+        pack_windows: Lay chunks shorter than ``PACK_MAX_ITEM_FRAMES`` from any files one after
+            another in shared 30 s windows (``pack_chunks``) when the language is known (given,
+            or an English-only model): Whisper's encoder costs a full 30 s window whatever the
+            chunk's length.
     """
 
     beam_size: int = 5
@@ -123,6 +135,7 @@ class DecodingOptions:
     fallback_batch_size: int | None = None
     max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
     word_timestamps: bool = True
+    pack_windows: bool = True
 
     def cache_key_fields(self) -> dict:
         """The options that change the text (batch sizes do not), for result-cache keys."""
@@ -138,6 +151,7 @@ class DecodingOptions:
             "language": self.language,
             "max_tokens_per_second": self.max_tokens_per_second,
             "word_timestamps": self.word_timestamps,
+            "pack_windows": self.pack_windows,
         }
 
 
@@ -298,6 +312,96 @@ class _Window:
         return self.chunk.features[:, self.offset :]
 
 
+@dataclass(frozen=True)
+class _Packed:
+    """Short chunks from any files laid one after another in one window.
+
+    ``PACK_GAP_FRAMES`` of silence separate them: the quietest frame of the two neighbours,
+    which is silence as each chunk's own log-mel normalization floors it. ``starts`` are the
+    frames where each chunk begins in the window. ``offset`` is always 0: a packed window is
+    never continued; chunks it leaves unfinished are decoded alone.
+    """
+
+    items: tuple[ChunkInput, ...]
+    starts: tuple[int, ...]
+    offset: int = 0
+
+    @property
+    def chunk(self) -> ChunkInput:
+        return self.items[0]  # for log lines
+
+    @property
+    def frames(self) -> int:
+        return self.starts[-1] + self.items[-1].features.shape[-1]
+
+    def features(self) -> np.ndarray:
+        first = self.items[0].features
+        window = np.empty((first.shape[0], self.frames), dtype=np.float32)
+        end = 0
+        for index, (item, start) in enumerate(zip(self.items, self.starts, strict=True)):
+            if start > end:
+                floor = min(float(item.features.min()), float(self.items[index - 1].features.min()))
+                window[:, end:start] = floor
+            end = start + item.features.shape[-1]
+            window[:, start:end] = item.features
+        return window
+
+
+def pack_chunks(
+    chunks: list[ChunkInput],
+    max_item_frames: int = PACK_MAX_ITEM_FRAMES,
+    gap_frames: int = PACK_GAP_FRAMES,
+) -> tuple[list[_Packed], list[ChunkInput]]:
+    """Pack short chunks into shared 30 s windows, first-fit decreasing by length.
+
+    Args:
+        chunks: Chunks from any files.
+        max_item_frames: Longest chunk that is packed, in feature frames (100 per second).
+        gap_frames: Silence between two packed chunks, frames.
+
+    Returns:
+        ``(packed, alone)``: windows of two or more chunks, and the chunks decoded alone (the
+        long ones, and short ones no other chunk fitted beside).
+    """
+    short = sorted(
+        (c for c in chunks if c.features.shape[-1] <= max_item_frames),
+        key=lambda c: -c.features.shape[-1],
+    )
+    bins: list[list[ChunkInput]] = []
+    ends: list[int] = []
+    for chunk in short:
+        frames = chunk.features.shape[-1]
+        for index, end in enumerate(ends):
+            if end + gap_frames + frames <= N_FRAMES:
+                bins[index].append(chunk)
+                ends[index] = end + gap_frames + frames
+                break
+        else:
+            bins.append([chunk])
+            ends.append(frames)
+    packed, alone = [], [c for c in chunks if c.features.shape[-1] > max_item_frames]
+    for group in bins:
+        if len(group) == 1:
+            alone.append(group[0])
+            continue
+        starts, position = [], 0
+        for chunk in group:
+            starts.append(position)
+            position += chunk.features.shape[-1] + gap_frames
+        packed.append(_Packed(tuple(group), tuple(starts)))
+    return packed, alone
+
+
+UNPACK = object()
+"""First-pass outcome of a packed window whose chunks are to be decoded alone."""
+
+
+def _nearest_span(spans: list[tuple[float, float]], seconds: float) -> int:
+    """Index of the span holding ``seconds``, else of the nearest one (a word in a gap)."""
+    distances = [max(start - seconds, seconds - end, 0.0) for start, end in spans]
+    return distances.index(min(distances))
+
+
 @dataclass
 class _Retry:
     """A window whose first pass failed the quality checks, waiting for temperature fallback.
@@ -357,7 +461,10 @@ class BatchTranscriber:
         """
         chunks = list(chunks)
         results = {chunk.key: ChunkResult(key=chunk.key) for chunk in chunks}
-        windows = [_Window(chunk, 0) for chunk in chunks]
+        windows: list = [_Window(chunk, 0) for chunk in chunks]
+        if self.options.pack_windows and self.fixed_language is not None:
+            packed, alone = pack_chunks(chunks)
+            windows = packed + [_Window(chunk, 0) for chunk in alone]
         with ThreadPoolExecutor(self.workers) as self._pool:
             for _ in range(MAX_SEEK_ROUNDS):
                 following: list[_Window] = []
@@ -368,7 +475,9 @@ class BatchTranscriber:
                 outcomes = self._map(lambda batch: self._isolated(self._first_pass, batch), batches)
                 for batch, batch_outcomes in zip(batches, outcomes, strict=True):
                     for window, outcome in zip(batch, batch_outcomes, strict=True):
-                        if isinstance(outcome, _Retry):
+                        if isinstance(window, _Packed):
+                            following += self._finish_packed(results, window, outcome)
+                        elif isinstance(outcome, _Retry):
                             retries.append(outcome)
                         else:
                             following += self._finish(results[window.chunk.key], window, outcome)
@@ -404,6 +513,123 @@ class BatchTranscriber:
         continuation = self._add_segments(result, window, decoded)
         return [] if continuation is None else [continuation]
 
+    def _finish_packed(self, results: dict, packed: _Packed, outcome) -> list[_Window]:
+        """Attribute a packed window's text to its chunks; return the chunks to decode alone.
+
+        Words go to the chunk their midpoint falls in (or nearest, when they straddle a gap), so
+        a segment that runs across a boundary is split there; a word aligned wholly inside a
+        gap belongs to no chunk and is dropped; without word timings a segment goes whole to
+        the chunk it overlaps most. A chunk is decoded alone in the next round when the window
+        failed (model error, quality checks, silence), when it lies past the window's last
+        complete segment (Whisper left it unfinished), when it got no text (never silence a
+        chunk for its neighbours' sake), or when its own text is too repetitive.
+        """
+        items = packed.items
+        if outcome is UNPACK or isinstance(outcome, str):
+            return [_Window(item, 0) for item in items]
+        decoded, (language, probability) = outcome
+        pieces, seek = self._pieces(packed, decoded)
+        fps = self.model.frames_per_second
+        spans = [
+            (start / fps, (start + item.features.shape[-1]) / fps)
+            for item, start in zip(items, packed.starts, strict=True)
+        ]
+        # Complete up to the last timestamp token: text after it was cut (token budget) or
+        # left for a continuation; a chunk ending within half a gap of it is complete.
+        slack_s = PACK_GAP_FRAMES / fps / 2
+        timestamps = [t for t in decoded.tokens if t >= self.tokenizer.timestamp_begin]
+        complete_s = packed.frames / fps if not 0 < seek < packed.frames else seek / fps
+        last_s = (timestamps[-1] - self.tokenizer.timestamp_begin) * self.model.time_precision
+        complete_s = min(complete_s, (last_s if timestamps else 0.0) + slack_s)
+        if pieces:
+            complete_s = min(complete_s, max(p["end"] for p in pieces) + slack_s)
+        assigned: list[list[tuple[dict, list[dict]]]] = [[] for _ in items]
+        for number, piece in enumerate(pieces):
+            words = decoded.words[number] if decoded.words else None
+            if words:
+                groups: dict[int, list[dict]] = {}
+                for word in words:
+                    middle = (word["start"] + word["end"]) / 2
+                    nearest = _nearest_span(spans, middle)
+                    start, end = spans[nearest]
+                    if (
+                        word["end"] < start
+                        or word["start"] > end
+                        or (word["start"] == word["end"] and not start <= middle <= end)
+                    ):
+                        # Aligned wholly inside a gap of silence: no audio says it. Whisper
+                        # repeats a neighbour's word there now and then; it is nobody's text.
+                        continue
+                    groups.setdefault(nearest, []).append(word)
+                for index, group in groups.items():
+                    assigned[index].append((piece, group))
+            elif words is None:
+                overlaps = [
+                    min(end, piece["end"]) - max(start, piece["start"]) for start, end in spans
+                ]
+                assigned[overlaps.index(max(overlaps))].append((piece, []))
+        alone = []
+        for index, item in enumerate(items):
+            start_s, end_s = spans[index]
+            result = results[item.key]
+            segments = self._packed_segments(item, start_s, assigned[index], decoded)
+            repetitive = any(
+                s.compression_ratio > self.options.compression_ratio_threshold for s in segments
+            )
+            if end_s > complete_s or not segments or repetitive:
+                alone.append(_Window(item, 0))
+                continue
+            result.language, result.language_probability = language, probability
+            result.segments.extend(segments)
+        return alone
+
+    def _packed_segments(
+        self, item: ChunkInput, start_s: float, assigned: list, decoded: _Decoded
+    ) -> list[Segment]:
+        """A packed chunk's segments from the pieces (and words) attributed to it.
+
+        Times are moved from the window to the chunk (less ``start_s``), clamped to the chunk,
+        and mapped to the file through the chunk's speech regions, as for a chunk decoded alone.
+        """
+        time_map = chunk_time_map(list(item.speech_starts), list(item.speech_ends))
+        length = item.duration_s
+
+        def file_time(seconds: float, is_end: bool = False) -> float:
+            local = min(max(seconds - start_s, 0.0), length)
+            return time_map.get_original_time(local, is_end=is_end)
+
+        segments = []
+        for piece, words in assigned:
+            if words:
+                text = "".join(word["word"] for word in words).strip()
+                begin, finish = words[0]["start"], words[-1]["end"]
+            else:
+                text = self.tokenizer.decode(piece["tokens"]).strip()
+                begin, finish = piece["start"], piece["end"]
+            if not text:
+                continue
+            start = file_time(begin)
+            timed = []
+            for word in words:
+                word_start = file_time(word["start"])
+                word_end = max(file_time(word["end"], is_end=True), word_start)
+                timed.append(
+                    Word(word["word"].strip(), word_start, word_end, float(word["probability"]))
+                )
+            segments.append(
+                Segment(
+                    start=start,
+                    end=max(file_time(finish, is_end=True), start),
+                    text=text,
+                    avg_logprob=float(decoded.avg_logprob),
+                    no_speech_prob=float(decoded.no_speech_prob),
+                    compression_ratio=get_compression_ratio(text),
+                    temperature=decoded.temperature,
+                    words=tuple(timed),
+                )
+            )
+        return segments
+
     def _isolated(self, run: Callable[[list[T]], list], items: list[T]) -> list:
         """``run(items)``, split in halves on an exception, down to single items.
 
@@ -436,7 +662,13 @@ class BatchTranscriber:
         outcomes, final = [], []
         for row, (window, result) in enumerate(zip(batch, decoded, strict=True)):
             encoded = None if host is None else host[row]
-            if result.needs_fallback(self.options) and len(self.options.temperatures) > 1:
+            if isinstance(window, _Packed) and (
+                result.needs_fallback(self.options) or result.is_silence(self.options)
+            ):
+                # One hard or silent chunk must not send its neighbours to temperature
+                # fallback or silence them: the window's chunks are decoded alone instead.
+                outcomes.append(UNPACK)
+            elif result.needs_fallback(self.options) and len(self.options.temperatures) > 1:
                 # A copy, not a view: a view would keep the whole batch's output alive.
                 encoded = None if encoded is None else encoded.copy()
                 outcomes.append(_Retry(window, languages[row], encoded, [result]))
@@ -699,8 +931,12 @@ class BatchTranscriber:
             end = min(max(piece["end"], start), chunk_end)
             words = []
             for word in decoded.words[number] if decoded.words else []:
-                word_start = file_time(word["start"])
-                word_end = max(file_time(word["end"], is_end=True), word_start)
+                # Inside the segment: the alignment of a window's last words can spill past
+                # its last timestamp into audio the continuation window decodes again.
+                local_start = min(max(word["start"], start), end)
+                word_start = file_time(local_start)
+                word_end = file_time(min(max(word["end"], local_start), end), is_end=True)
+                word_end = max(word_end, word_start)
                 words.append(
                     Word(word["word"].strip(), word_start, word_end, float(word["probability"]))
                 )

@@ -59,6 +59,10 @@ class WhisperModelResource(dg.ConfigurableResource):
         word_timestamps: Time every word (``transcript_words``) by cross-attention alignment of
             the kept encoder output, batched like decoding (``BatchTranscriber._attach_words``).
             On by default: its cost on the corpus is in ``benchmarks/RESULTS.md``.
+        pack_windows: Decode chunks shorter than 10 s from many files in shared 30 s windows
+            when the language is known (configured, or an English-only model), text attributed
+            back by word timings (``core.batching.pack_chunks``). On by default: the speed and
+            WER ablation is in ``benchmarks/RESULTS.md``.
     """
 
     model: str = ""
@@ -70,6 +74,7 @@ class WhisperModelResource(dg.ConfigurableResource):
     batch_size: int = DecodingOptions.batch_size
     language: str = ""
     word_timestamps: bool = DecodingOptions.word_timestamps
+    pack_windows: bool = DecodingOptions.pack_windows
 
     _loaded = PrivateAttr(default=None)
 
@@ -126,6 +131,7 @@ class WhisperModelResource(dg.ConfigurableResource):
             batch_size=self.batch_size,
             language=self.language or None,
             word_timestamps=self.word_timestamps,
+            pack_windows=self.pack_windows,
         )
 
     def validate(self) -> None:
