@@ -10,6 +10,7 @@ import pytest
 
 from whisper_pipeline.commands import materialize_command
 from whisper_pipeline_tests.postgres import postgres_server  # noqa: F401
+from whisper_pipeline_tests.redis import redis_server  # noqa: F401
 from whisper_pipeline_tests.s3 import s3_server  # noqa: F401
 
 REPOSITORY = Path(__file__).resolve().parents[1]
