@@ -11,7 +11,7 @@ from whisper_pipeline.assets.manifest import audio_manifest
 from whisper_pipeline.assets.subtitles import subtitle_files
 from whisper_pipeline.assets.transcription import transcript_tables
 from whisper_pipeline.checks import transcript_table_checks
-from whisper_pipeline.io_managers import PartitionedParquetIOManager
+from whisper_pipeline.io_managers import PartitionedParquetIOManager, StagingPickleIOManager
 from whisper_pipeline.landing import landing_zone_sensor
 from whisper_pipeline.placement import ACCELERATOR_TAG_KEY
 from whisper_pipeline.profiles import CELERY, K8S, LOCAL, current_profile
@@ -56,7 +56,8 @@ def build_resources(whisper: WhisperModelResource | None = None, profile: str = 
     ``storage`` is configured at launch and the IO managers depend on that top-level resource
     (not on a copy), so ``resources.storage.config.root`` or ``endpoint_url`` set in run config
     or the launchpad moves the landing zone, staging, cache and tables together. Every profile
-    but ``local`` requires a root (``StorageResource.require_root``).
+    but ``local`` requires a root (``StorageResource.require_root``) and keeps op outputs under
+    it (``StagingPickleIOManager``), since their steps may run on other machines.
 
     Args:
         whisper: The transcriber; default the real faster-whisper ``WhisperModelResource``
@@ -67,7 +68,11 @@ def build_resources(whisper: WhisperModelResource | None = None, profile: str = 
         Resources by key.
     """
     storage = StorageResource.configure_at_launch(require_root=profile != LOCAL)
+    distributed = (
+        {} if profile == LOCAL else {"io_manager": StagingPickleIOManager(storage=storage)}
+    )
     return {
+        **distributed,
         "storage": storage,
         "whisper": whisper if whisper is not None else WhisperModelResource(),
         "staging_io_manager": PartitionedParquetIOManager(storage=storage, area="staging"),

@@ -1,3 +1,6 @@
+import pickle
+import posixpath
+
 import dagster as dg
 import pyarrow as pa
 
@@ -33,3 +36,39 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         """Read the upstream asset's partition."""
         name = context.asset_key.path[-1]
         return self.storage.get().read_partition(name, context.asset_partition_key, self.area)
+
+
+class StagingPickleIOManager(dg.ConfigurableIOManager):
+    """Keeps op outputs (the small shard manifests) as pickles in the run's staging folder.
+
+    ``ROOT/staging/<partition>/<run id>/io/<step key>/<output>[.<mapping key>].pkl``, written
+    atomically. Dagster's default IO manager pickles into ``$DAGSTER_HOME/storage`` on the host
+    of the run, which a step on another machine (a Celery worker, a Kubernetes pod) cannot read;
+    this one is under the storage root every step already reaches. The folder goes with the
+    run's staging: ``write_tables`` removes it when it publishes, ``remove_stale_runs`` after a
+    failure.
+
+    Attributes:
+        storage: The storage root.
+    """
+
+    storage: dg.ResourceDependency[StorageResource]
+
+    def _path(self, context: dg.OutputContext) -> str:
+        store = self.storage.get()
+        run_dir = store.staging_dir(context.partition_key or "unpartitioned", context.run_id)
+        name = context.name + (f".{context.mapping_key}" if context.mapping_key else "")
+        return posixpath.join(run_dir, "io", context.step_key, f"{name}.pkl")
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        """Pickle ``obj`` to the output's path."""
+        self.storage.get().write_bytes_atomic(self._path(context), pickle.dumps(obj))
+
+    def load_input(self, context: dg.InputContext) -> object:
+        """Unpickle the upstream output.
+
+        Raises:
+            FileNotFoundError: The upstream step's output is not in this run's staging folder.
+        """
+        store = self.storage.get()
+        return pickle.loads(store.fs.cat_file(self._path(context.upstream_output)))

@@ -28,6 +28,7 @@ def materialize(
     redo: bool = False,
     endpoint_url: str = "",
     instance: dg.DagsterInstance | None = None,
+    profile: str = "local",
 ) -> dg.ExecuteInProcessResult:
     """Materialize every asset and check of ``partition`` in-process (never raises on failure).
 
@@ -38,7 +39,9 @@ def materialize(
     return dg.materialize(
         [audio_manifest, transcript_tables, subtitle_files, transcript_table_checks],
         partition_key=partition,
-        resources=build_resources(whisper if whisper is not None else FakeTranscriberResource()),
+        resources=build_resources(
+            whisper if whisper is not None else FakeTranscriberResource(), profile=profile
+        ),
         run_config={"resources": storage_config(root, endpoint_url), "ops": ops},
         instance=instance,
         raise_on_error=False,

@@ -232,3 +232,21 @@ def test_bridge_is_needed_without_it(published, corpus):
         assert_consistent({**new, "transcripts": old["transcripts"]})
     assert store.read_partition("transcripts", PARTITION).num_rows == 4
     assert isinstance(store.read_partition("audio_files", PARTITION), pa.Table)
+
+
+def test_deployed_profiles_keep_op_outputs_under_the_storage_root(corpus, tmp_path):
+    # Steps of the celery and k8s profiles run on other machines: the shard manifests they
+    # pass each other must live under the storage root, not in $DAGSTER_HOME on the run's host.
+    root = tmp_path / "root"
+    land(corpus, root)
+    failing = materialize(root, PARTITION, FakeTranscriberResource(fail_contents=["*"]),
+                          profile="production")  # fmt: skip
+    assert not failing.success  # write_tables refuses: the run's staging folder stays
+    run_dir = root / "staging" / PARTITION / failing.run_id
+    pickles = sorted(p.relative_to(run_dir / "io").as_posix() for p in run_dir.rglob("*.pkl"))
+    assert "transcript_tables.plan_shards/result.shard_00000.pkl" in pickles
+    assert "transcript_tables.transcribe_shard[shard_00000]/result.pkl" in pickles
+    result = materialize(root, PARTITION, profile="production")
+    assert result.success, step_failures(result)
+    assert not (root / "staging" / PARTITION / result.run_id).exists()  # removed on publishing
+    assert len(read_tables(root, PARTITION)["transcripts"]) == len(CLIPS)
