@@ -1,6 +1,6 @@
 """The corpus partition through the Dagster CLI on an S3 root (loopback server) and on local disk.
 
-    python benchmarks/s3_vs_local.py [--repeats 1]
+    python -m benchmarks.s3_vs_local [--repeats 1]
 
 Starts ``moto_server`` on 127.0.0.1 (``moto[server]``, the dev extra), uploads the shared corpus
 to ``s3://bench/speech/raw/<date>/``, and times ``dagster asset materialize`` of the partition

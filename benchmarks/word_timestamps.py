@@ -1,6 +1,6 @@
 """What word timestamps cost, and how well their times agree with faster-whisper's sequential ones.
 
-    python benchmarks/word_timestamps.py [--repeats 2] [--limit N]
+    python -m benchmarks.word_timestamps [--repeats 2] [--limit N]
 
 On the shared corpus, in one process and one model load: the pipeline's core transcription of
 every chunk (``BatchTranscriber``, as ``transcribe_shard`` runs it) with ``word_timestamps`` off
