@@ -54,21 +54,23 @@ class StagingPickleIOManager(dg.ConfigurableIOManager):
 
     storage: dg.ResourceDependency[StorageResource]
 
-    def _path(self, context: dg.OutputContext) -> str:
+    def _path(self, partition_key: str | None, output: dg.OutputContext) -> str:
         store = self.storage.get()
-        run_dir = store.staging_dir(context.partition_key or "unpartitioned", context.run_id)
-        name = context.name + (f".{context.mapping_key}" if context.mapping_key else "")
-        return posixpath.join(run_dir, "io", context.step_key, f"{name}.pkl")
+        run_dir = store.staging_dir(partition_key or "unpartitioned", output.run_id)
+        name = output.name + (f".{output.mapping_key}" if output.mapping_key else "")
+        return posixpath.join(run_dir, "io", output.step_key, f"{name}.pkl")
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         """Pickle ``obj`` to the output's path."""
-        self.storage.get().write_bytes_atomic(self._path(context), pickle.dumps(obj))
+        path = self._path(context.partition_key if context.has_partition_key else None, context)
+        self.storage.get().write_bytes_atomic(path, pickle.dumps(obj))
 
     def load_input(self, context: dg.InputContext) -> object:
-        """Unpickle the upstream output.
+        """Unpickle the upstream output (same run and partition).
 
         Raises:
             FileNotFoundError: The upstream step's output is not in this run's staging folder.
         """
-        store = self.storage.get()
-        return pickle.loads(store.fs.cat_file(self._path(context.upstream_output)))
+        partition_key = context.partition_key if context.has_partition_key else None
+        path = self._path(partition_key, context.upstream_output)
+        return pickle.loads(self.storage.get().fs.cat_file(path))
