@@ -102,7 +102,7 @@ def subtitle_files(
         cue_count += len(cues)
         for extension, render in SUBTITLE_FORMATS.items():
             outputs[stems[row["file_id"]] + extension] = render(cues).encode("utf-8")
-    store.fs.makedirs(folder, exist_ok=True)
+    store.makedirs(folder)
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
         list(
             pool.map(
