@@ -119,7 +119,7 @@ class DecodingOptions:
         pack_windows: Lay chunks shorter than ``PACK_MAX_ITEM_FRAMES`` from any files one after
             another in shared 30 s windows (``pack_chunks``) when the language is known (given,
             or an English-only model): Whisper's encoder costs a full 30 s window whatever the
-            chunk's length.
+            chunk's length. Off by default (``benchmarks/RESULTS.md``).
     """
 
     beam_size: int = 5
@@ -135,7 +135,7 @@ class DecodingOptions:
     fallback_batch_size: int | None = None
     max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
     word_timestamps: bool = True
-    pack_windows: bool = True
+    pack_windows: bool = False
 
     def cache_key_fields(self) -> dict:
         """The options that change the text (batch sizes do not), for result-cache keys."""
@@ -396,6 +396,25 @@ UNPACK = object()
 """First-pass outcome of a packed window whose chunks are to be decoded alone."""
 
 
+PACK_MIN_WORD_PROBABILITY = 0.5
+"""A packed chunk whose words' mean probability is below this is doubtful (``_doubtful``)."""
+
+PACK_MIN_COVERAGE = 0.5
+"""A packed chunk whose words span less than this share of its speech is doubtful: its chunk
+holds VAD speech only, so its words should cover most of it."""
+
+
+def _doubtful(span: tuple[float, float], assigned: list) -> bool:
+    """Whether the words given to a packed chunk look like someone else's (see constants)."""
+    words = [word for _, group in assigned for word in group]
+    if not words:
+        return False
+    probability = sum(word["probability"] for word in words) / len(words)
+    covered = max(w["end"] for w in words) - min(w["start"] for w in words)
+    length = span[1] - span[0]
+    return probability < PACK_MIN_WORD_PROBABILITY or covered < PACK_MIN_COVERAGE * length
+
+
 def _nearest_span(spans: list[tuple[float, float]], seconds: float) -> int:
     """Index of the span holding ``seconds``, else of the nearest one (a word in a gap)."""
     distances = [max(start - seconds, seconds - end, 0.0) for start, end in spans]
@@ -568,6 +587,10 @@ class BatchTranscriber:
                     min(end, piece["end"]) - max(start, piece["start"]) for start, end in spans
                 ]
                 assigned[overlaps.index(max(overlaps))].append((piece, []))
+        if any(_doubtful(spans[i], assigned[i]) for i in range(len(items)) if assigned[i]):
+            # A chunk whose words are unlikely or cover little of its speech is a sign that
+            # Whisper skipped it and a neighbour's word was aligned there: trust none of them.
+            return [_Window(item, 0) for item in items]
         alone = []
         for index, item in enumerate(items):
             start_s, end_s = spans[index]
