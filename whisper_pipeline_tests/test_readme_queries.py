@@ -20,6 +20,8 @@ from whisper_pipeline.resources.whisper import WhisperModelResource
 from whisper_pipeline_tests.conftest import REPOSITORY
 from whisper_pipeline_tests.inprocess import materialize, step_failures
 
+pytestmark = pytest.mark.slow  # the real model in-process (the word query needs real words)
+
 PARTITIONS = ("2026-11-19", "2026-11-20")
 CLIPS = ("short/jfk.flac", "short/lj001_0001.wav")
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)

@@ -29,6 +29,7 @@ from dagster import DagsterEventType, DagsterInstance, EventLogEntry
 from dagster._serdes import serialize_value
 
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.core.storage import PARTITION_FILE, Storage
 from whisper_pipeline.evaluation import english_wer
 from whisper_pipeline_tests.conftest import (
@@ -54,7 +55,7 @@ PARTITION = "2026-11-20"
 BUCKET = "whisper-e2e"
 PREFIX = "prod/pipeline"
 ROOT = f"s3://{BUCKET}/{PREFIX}"
-TABLES = ("audio_files", "transcripts", "transcript_segments")
+TABLES = tuple(TABLE_SCHEMAS)  # every published table, transcript_words included
 
 LANDED = {
     "équipe A/réunion 1.wav": "short/lj001_0002.wav",
@@ -71,6 +72,7 @@ RUN_DEPENDENT = {"source_uri", "processed_at", "transcribed_at"}
 
 KEYS = {"audio_files": ("file_id",), "transcripts": ("file_id",)}
 KEYS["transcript_segments"] = ("file_id", "segment_index")
+KEYS["transcript_words"] = ("file_id", "word_index")
 
 RETRY_DELAYS_S = 2 + 6 + 14
 """``STORAGE_RETRY``'s three waits (Dagster's exponential backoff: delay x (2^attempt - 1)): a
