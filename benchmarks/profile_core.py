@@ -1,11 +1,14 @@
-"""Where the in-process core spends its time on the corpus: decode/VAD/features, encode, generate.
+"""Where the in-process core spends its time: decode/VAD/features, encode, generate, align.
 
-    python benchmarks/profile_core.py [--batch-size 8]
+    python benchmarks/profile_core.py [--batch-size 8] [--inputs DIR] [--pack-windows]
     python benchmarks/profile_core.py --parallelism 2x1,1x2 [--batch-size 8]
 
-Wraps the model's ``encode`` and CTranslate2 ``generate`` with timers and counts rows decoded at
-temperature 0 and in temperature fallback (one CTranslate2 worker, CTranslate2's default
-threads). Prints a Markdown table.
+Wraps the model's ``encode``, CTranslate2 ``generate`` and ``align`` with timers and counts rows
+decoded at temperature 0 and in temperature fallback (one CTranslate2 worker, CTranslate2's
+default threads). Prints a Markdown table. ``--inputs`` takes a folder of audio (every file under
+it, e.g. ``benchmarks/out/many_short/n120`` that ``benchmarks/run.py`` synthesizes) instead of
+the corpus; with ``--pack-windows`` the packed windows are counted too: how many were decoded as
+packed, and how many were unpacked (their chunks decoded alone again).
 
 With ``--parallelism``, instead times the whole ``BatchTranscriber.transcribe`` of the same
 chunks (decoded and featurized once) under each ``THREADSxWORKERS`` setting, each with a freshly
@@ -50,10 +53,25 @@ class Timed:
                 else name
             )
             self._totals[key] += time.perf_counter() - started
-            self._totals[f"{key} rows"] += len(args[1]) if name == "generate" else 0
+            rows = len(args[1]) if name == "generate" else 0
+            rows = len(args[2]) if name == "align" else rows
+            self._totals[f"{key} rows"] += rows
             return result
 
         return timed
+
+
+class CountingTranscriber(BatchTranscriber):
+    """``BatchTranscriber`` that counts its packed windows."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.packed = self.packed_chunks = 0
+
+    def _finish_packed(self, results, packed, outcome):
+        self.packed += 1
+        self.packed_chunks += len(packed.items)
+        return super()._finish_packed(results, packed, outcome)
 
 
 def compare_parallelism(inputs: list[ChunkInput], settings: str, batch_size: int) -> None:
@@ -84,10 +102,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--parallelism", help="THREADSxWORKERS settings to compare, e.g. 2x1,1x2")
+    parser.add_argument("--inputs", type=Path, help="a folder of audio instead of the corpus")
+    parser.add_argument("--pack-windows", action="store_true", help="window packing on")
     args = parser.parse_args()
-    corpus = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared/corpus"))
-    with open(corpus / "manifest.csv", newline="") as handle:
-        files = [row["file"] for row in csv.DictReader(handle)]
+    if args.inputs:
+        corpus = args.inputs
+        files = sorted(str(p.relative_to(corpus)) for p in corpus.rglob("*") if p.is_file())
+        files = [name for name in files if not name.endswith((".txt", ".json", ".csv"))]
+    else:
+        corpus = Path(
+            os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared/corpus")
+        )
+        with open(corpus / "manifest.csv", newline="") as handle:
+            files = [row["file"] for row in csv.DictReader(handle)]
     totals: dict = defaultdict(float)
     started = time.perf_counter()
     model = WhisperModel(bundled_model_path(), device="cpu", compute_type="int8")
@@ -110,14 +137,17 @@ def main() -> None:
     if args.parallelism:
         compare_parallelism(inputs, args.parallelism, args.batch_size)
         return
-    model.model = Timed(model.model, totals, ("generate", "encode"))
-    transcriber = BatchTranscriber(model, DecodingOptions(batch_size=args.batch_size))
+    model.model = Timed(model.model, totals, ("generate", "encode", "align"))
+    options = DecodingOptions(batch_size=args.batch_size, pack_windows=args.pack_windows)
+    transcriber = CountingTranscriber(model, options)
     started = time.perf_counter()
     transcriber.transcribe(inputs)
     totals["transcribe (all)"] = time.perf_counter() - started
-    print(
-        f"{len(files)} files, {len(inputs)} chunks, {transcriber.generate_calls} generate calls\n"
-    )
+    print(f"{len(files)} files, {len(inputs)} chunks, {transcriber.generate_calls} generate calls")
+    if args.pack_windows:
+        print(f"packed windows: {transcriber.packed} ({transcriber.packed_chunks} chunks)")
+        print("chunks taken out of a packed window, by reason:", dict(transcriber.unpacked))
+    print()
     print("| part | seconds | rows |\n|---|--:|--:|")
     for key in sorted(k for k in totals if not k.endswith(" rows")):
         print(f"| {key} | {totals[key]:.1f} | {int(totals.get(key + ' rows', 0)) or ''} |")

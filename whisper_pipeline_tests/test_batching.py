@@ -117,6 +117,11 @@ def test_a_chunk_that_raises_in_the_model_fails_alone(model, inputs):
 def test_length_sorted_batches_group_similar_lengths():
     batches = length_sorted_batches([5, 1, 9, 3, 7], 2, length=lambda x: x)
     assert batches == [[9, 7], [5, 3], [1]]
+    # As many batches as workers can share: no worker alone on the last batch of a round.
+    batches = length_sorted_batches(list(range(20)), 8, lambda x: x, workers=2)
+    assert batches == [list(range(top, top - 5, -1)) for top in (19, 14, 9, 4)]
+    assert length_sorted_batches([1, 2, 3], 8, lambda x: x, workers=2) == [[3, 2], [1]]
+    assert length_sorted_batches([], 8, lambda x: x, workers=2) == []
 
 
 def test_pad_features_zero_pads_to_3000_frames():
@@ -316,7 +321,8 @@ def test_english_only_models_report_en_whatever_is_spoken(corpus, model):
 
 
 def test_pack_chunks_fills_windows_first_fit_and_leaves_long_chunks_alone():
-    from whisper_pipeline.core.batching import N_FRAMES, PACK_GAP_FRAMES, pack_chunks
+    from whisper_pipeline.core.chunking import N_FRAMES
+    from whisper_pipeline.core.packing import PACK_GAP_FRAMES, pack_chunks
 
     def chunk(name, frames):
         features = np.full((80, frames), -0.5, np.float32)
@@ -352,7 +358,7 @@ def test_packed_windows_attribute_every_word_to_its_own_file(corpus, model, tmp_
 
     import soundfile
 
-    from whisper_pipeline.core.batching import pack_chunks
+    from whisper_pipeline.core.packing import pack_chunks
     from whisper_pipeline_tests.conftest import corpus_rows
     from whisper_pipeline_tests.fixtures import SENTENCES, speech
 

@@ -31,6 +31,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,7 +44,14 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
 from whisper_pipeline.core.audio import SAMPLE_RATE
-from whisper_pipeline.core.chunking import CHUNK_LENGTH_S, HOP_LENGTH, chunk_time_map
+from whisper_pipeline.core.chunking import HOP_LENGTH, N_FRAMES, chunk_time_map
+from whisper_pipeline.core.packing import (
+    PACK_GAP_FRAMES,
+    PackedWindow,
+    assign_words,
+    doubtful_chunks,
+    pack_chunks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +66,6 @@ MIN_CONTINUATION_FRAMES = 30
 MIN_SKIPPED_TAIL_FRAMES = 100
 """Speech left after a window's last segment that is decoded again: 1 s (100 frames)."""
 
-N_FRAMES = CHUNK_LENGTH_S * SAMPLE_RATE // HOP_LENGTH
-"""Frames in Whisper's fixed 30 s encoder window: 3000."""
-
 MAX_TOKENS_BASE = 16
 """Tokens every window may generate, whatever its length (timestamps, punctuation, a word)."""
 
@@ -71,13 +76,6 @@ the rows that run to Whisper's 224-token limit on a 5 s window (44 tokens/s) are
 loops that fail the compression-ratio check anyway. A legitimate row that reaches the cap is
 continued from its last timestamp in the next round, like any window Whisper leaves unfinished,
 so the cap bounds the cost of loops without cutting text."""
-
-PACK_MAX_ITEM_FRAMES = 1000
-"""Chunks of at most 10 s (1000 frames) are packed; longer ones keep a window of their own."""
-
-PACK_GAP_FRAMES = 100
-"""Silence between packed chunks: 1 s, long enough for Whisper to end a segment (it emits a
-timestamp pair at a pause) and far more than the 0.3 s a word's alignment spills over."""
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 """Punctuation merged into the following word (faster-whisper's ``transcribe`` default)."""
@@ -278,23 +276,37 @@ def pad_features(features: list[np.ndarray]) -> np.ndarray:
 
 
 def length_sorted_batches(
-    items: Sequence[T], batch_size: int, length: Callable[[T], int]
+    items: Sequence[T], batch_size: int, length: Callable[[T], int], workers: int = 1
 ) -> list[list[T]]:
-    """Group items into batches of similar length, longest first.
+    """Group items into batches of similar length, longest first, as many as workers can share.
 
     Rows of a ``generate`` call run until the longest one ends, and speech length predicts token
-    count, so sorting by frames keeps the padding (wasted decoder steps) small.
+    count, so sorting by frames keeps the padding (wasted decoder steps) small. The number of
+    batches is rounded up to a multiple of ``workers`` (batches made smaller to match), so no
+    worker sits idle through a round's last batch: 20 windows on 2 workers make 4 batches of 5,
+    not 8 + 8 + 4 with one worker alone on the last.
 
     Args:
         items: Items in any order.
         batch_size: Maximum rows per batch (>= 1).
         length: Sort key, e.g. feature frames.
+        workers: Batches decoded at once (CTranslate2 workers).
 
     Returns:
         Batches, each a list of at most ``batch_size`` items.
     """
     ordered = sorted(items, key=length, reverse=True)
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    count = math.ceil(len(ordered) / batch_size)
+    count = min(len(ordered), math.ceil(count / max(1, workers)) * max(1, workers))
+    if count == 0:
+        return []
+    size, larger = divmod(len(ordered), count)
+    batches, start = [], 0
+    for index in range(count):
+        end = start + size + (index < larger)
+        batches.append(ordered[start:end])
+        start = end
+    return batches
 
 
 @dataclass(frozen=True)
@@ -312,113 +324,8 @@ class _Window:
         return self.chunk.features[:, self.offset :]
 
 
-@dataclass(frozen=True)
-class _Packed:
-    """Short chunks from any files laid one after another in one window.
-
-    ``PACK_GAP_FRAMES`` of silence separate them: the quietest frame of the two neighbours,
-    which is silence as each chunk's own log-mel normalization floors it. ``starts`` are the
-    frames where each chunk begins in the window. ``offset`` is always 0: a packed window is
-    never continued; chunks it leaves unfinished are decoded alone.
-    """
-
-    items: tuple[ChunkInput, ...]
-    starts: tuple[int, ...]
-    offset: int = 0
-
-    @property
-    def chunk(self) -> ChunkInput:
-        return self.items[0]  # for log lines
-
-    @property
-    def frames(self) -> int:
-        return self.starts[-1] + self.items[-1].features.shape[-1]
-
-    def features(self) -> np.ndarray:
-        first = self.items[0].features
-        window = np.empty((first.shape[0], self.frames), dtype=np.float32)
-        end = 0
-        for index, (item, start) in enumerate(zip(self.items, self.starts, strict=True)):
-            if start > end:
-                floor = min(float(item.features.min()), float(self.items[index - 1].features.min()))
-                window[:, end:start] = floor
-            end = start + item.features.shape[-1]
-            window[:, start:end] = item.features
-        return window
-
-
-def pack_chunks(
-    chunks: list[ChunkInput],
-    max_item_frames: int = PACK_MAX_ITEM_FRAMES,
-    gap_frames: int = PACK_GAP_FRAMES,
-) -> tuple[list[_Packed], list[ChunkInput]]:
-    """Pack short chunks into shared 30 s windows, first-fit decreasing by length.
-
-    Args:
-        chunks: Chunks from any files.
-        max_item_frames: Longest chunk that is packed, in feature frames (100 per second).
-        gap_frames: Silence between two packed chunks, frames.
-
-    Returns:
-        ``(packed, alone)``: windows of two or more chunks, and the chunks decoded alone (the
-        long ones, and short ones no other chunk fitted beside).
-    """
-    short = sorted(
-        (c for c in chunks if c.features.shape[-1] <= max_item_frames),
-        key=lambda c: -c.features.shape[-1],
-    )
-    bins: list[list[ChunkInput]] = []
-    ends: list[int] = []
-    for chunk in short:
-        frames = chunk.features.shape[-1]
-        for index, end in enumerate(ends):
-            if end + gap_frames + frames <= N_FRAMES:
-                bins[index].append(chunk)
-                ends[index] = end + gap_frames + frames
-                break
-        else:
-            bins.append([chunk])
-            ends.append(frames)
-    packed, alone = [], [c for c in chunks if c.features.shape[-1] > max_item_frames]
-    for group in bins:
-        if len(group) == 1:
-            alone.append(group[0])
-            continue
-        starts, position = [], 0
-        for chunk in group:
-            starts.append(position)
-            position += chunk.features.shape[-1] + gap_frames
-        packed.append(_Packed(tuple(group), tuple(starts)))
-    return packed, alone
-
-
 UNPACK = object()
 """First-pass outcome of a packed window whose chunks are to be decoded alone."""
-
-
-PACK_MIN_WORD_PROBABILITY = 0.5
-"""A packed chunk whose words' mean probability is below this is doubtful (``_doubtful``)."""
-
-PACK_MIN_COVERAGE = 0.5
-"""A packed chunk whose words span less than this share of its speech is doubtful: its chunk
-holds VAD speech only, so its words should cover most of it."""
-
-
-def _doubtful(span: tuple[float, float], assigned: list) -> bool:
-    """Whether the words given to a packed chunk look like someone else's (see constants)."""
-    words = [word for _, group in assigned for word in group]
-    if not words:
-        return False
-    probability = sum(word["probability"] for word in words) / len(words)
-    covered = max(w["end"] for w in words) - min(w["start"] for w in words)
-    length = span[1] - span[0]
-    return probability < PACK_MIN_WORD_PROBABILITY or covered < PACK_MIN_COVERAGE * length
-
-
-def _nearest_span(spans: list[tuple[float, float]], seconds: float) -> int:
-    """Index of the span holding ``seconds``, else of the nearest one (a word in a gap)."""
-    distances = [max(start - seconds, seconds - end, 0.0) for start, end in spans]
-    return distances.index(min(distances))
 
 
 @dataclass
@@ -462,6 +369,8 @@ class BatchTranscriber:
         self.align_calls = 0
         self.align_s = 0.0
         self.align_failures = 0
+        self.unpacked: Counter[str] = Counter()
+        """Packed chunks decoded alone again, by reason (``_finish_packed``)."""
         self._calls_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -484,18 +393,22 @@ class BatchTranscriber:
         if self.options.pack_windows and self.fixed_language is not None:
             packed, alone = pack_chunks(chunks)
             windows = packed + [_Window(chunk, 0) for chunk in alone]
+        repacked: set[Hashable] = set()
         with ThreadPoolExecutor(self.workers) as self._pool:
             for _ in range(MAX_SEEK_ROUNDS):
-                following: list[_Window] = []
+                following: list = []
+                unfinished: list[ChunkInput] = []
                 retries: list[_Retry] = []
                 batches = length_sorted_batches(
-                    windows, self.options.batch_size, lambda w: w.frames
+                    windows, self.options.batch_size, lambda w: w.frames, self.workers
                 )
                 outcomes = self._map(lambda batch: self._isolated(self._first_pass, batch), batches)
                 for batch, batch_outcomes in zip(batches, outcomes, strict=True):
                     for window, outcome in zip(batch, batch_outcomes, strict=True):
-                        if isinstance(window, _Packed):
-                            following += self._finish_packed(results, window, outcome)
+                        if isinstance(window, PackedWindow):
+                            alone, left = self._finish_packed(results, window, outcome)
+                            following += alone
+                            unfinished += left
                         elif isinstance(outcome, _Retry):
                             retries.append(outcome)
                         else:
@@ -503,6 +416,13 @@ class BatchTranscriber:
                 for retry, outcome in self._fallback(retries):
                     window = retry.window
                     following += self._finish(results[window.chunk.key], window, outcome)
+                # Chunks a packed window left unfinished share new windows, once; a chunk left
+                # unfinished again is decoded alone.
+                again = [chunk for chunk in unfinished if chunk.key not in repacked]
+                repacked.update(chunk.key for chunk in again)
+                packed, alone = pack_chunks(again)
+                following += packed + [_Window(chunk, 0) for chunk in alone]
+                following += [_Window(chunk, 0) for chunk in unfinished if chunk not in again]
                 windows = following
                 if not windows:
                     break
@@ -532,27 +452,28 @@ class BatchTranscriber:
         continuation = self._add_segments(result, window, decoded)
         return [] if continuation is None else [continuation]
 
-    def _finish_packed(self, results: dict, packed: _Packed, outcome) -> list[_Window]:
-        """Attribute a packed window's text to its chunks; return the chunks to decode alone.
+    def _finish_packed(
+        self, results: dict, packed: PackedWindow, outcome
+    ) -> tuple[list[_Window], list[ChunkInput]]:
+        """Attribute a packed window's text to its chunks (``core.packing``).
 
-        Words go to the chunk their midpoint falls in (or nearest, when they straddle a gap), so
-        a segment that runs across a boundary is split there; a word aligned wholly inside a
-        gap belongs to no chunk and is dropped; without word timings a segment goes whole to
-        the chunk it overlaps most. A chunk is decoded alone in the next round when the window
-        failed (model error, quality checks, silence), when it lies past the window's last
-        complete segment (Whisper left it unfinished), when it got no text (never silence a
-        chunk for its neighbours' sake), or when its own text is too repetitive.
+        Returns:
+            ``(alone, unfinished)``: windows of the chunks to decode alone next round, and the
+            chunks past the window's last complete segment (Whisper left them for a next
+            window), to pack again. A chunk is decoded alone when the window failed (model
+            error, quality checks, silence), when its words or a neighbour's are doubtful
+            (``doubtful_chunks``), when it got no text (never silence a chunk for its
+            neighbours' sake), or when its own text is too repetitive.
         """
         items = packed.items
         if outcome is UNPACK or isinstance(outcome, str):
-            return [_Window(item, 0) for item in items]
+            reason = "failed window" if isinstance(outcome, str) else "window checks"
+            self.unpacked[reason] += len(items)
+            return [_Window(item, 0) for item in items], []
         decoded, (language, probability) = outcome
         pieces, seek = self._pieces(packed, decoded)
         fps = self.model.frames_per_second
-        spans = [
-            (start / fps, (start + item.features.shape[-1]) / fps)
-            for item, start in zip(items, packed.starts, strict=True)
-        ]
+        spans = packed.spans(fps)
         # Complete up to the last timestamp token: text after it was cut (token budget) or
         # left for a continuation; a chunk ending within half a gap of it is complete.
         slack_s = PACK_GAP_FRAMES / fps / 2
@@ -562,49 +483,31 @@ class BatchTranscriber:
         complete_s = min(complete_s, (last_s if timestamps else 0.0) + slack_s)
         if pieces:
             complete_s = min(complete_s, max(p["end"] for p in pieces) + slack_s)
-        assigned: list[list[tuple[dict, list[dict]]]] = [[] for _ in items]
-        for number, piece in enumerate(pieces):
-            words = decoded.words[number] if decoded.words else None
-            if words:
-                groups: dict[int, list[dict]] = {}
-                for word in words:
-                    middle = (word["start"] + word["end"]) / 2
-                    nearest = _nearest_span(spans, middle)
-                    start, end = spans[nearest]
-                    if (
-                        word["end"] < start
-                        or word["start"] > end
-                        or (word["start"] == word["end"] and not start <= middle <= end)
-                    ):
-                        # Aligned wholly inside a gap of silence: no audio says it. Whisper
-                        # repeats a neighbour's word there now and then; it is nobody's text.
-                        continue
-                    groups.setdefault(nearest, []).append(word)
-                for index, group in groups.items():
-                    assigned[index].append((piece, group))
-            elif words is None:
-                overlaps = [
-                    min(end, piece["end"]) - max(start, piece["start"]) for start, end in spans
-                ]
-                assigned[overlaps.index(max(overlaps))].append((piece, []))
-        if any(_doubtful(spans[i], assigned[i]) for i in range(len(items)) if assigned[i]):
-            # A chunk whose words are unlikely or cover little of its speech is a sign that
-            # Whisper skipped it and a neighbour's word was aligned there: trust none of them.
-            return [_Window(item, 0) for item in items]
-        alone = []
+        assigned = assign_words(pieces, decoded.words, spans)
+        doubtful = doubtful_chunks(spans, assigned)
+        alone, unfinished = [], []
         for index, item in enumerate(items):
             start_s, end_s = spans[index]
-            result = results[item.key]
+            if index in doubtful:
+                self.unpacked["doubtful words"] += 1
+                alone.append(_Window(item, 0))
+                continue
+            if end_s > complete_s:
+                self.unpacked["unfinished"] += 1
+                unfinished.append(item)
+                continue
             segments = self._packed_segments(item, start_s, assigned[index], decoded)
             repetitive = any(
                 s.compression_ratio > self.options.compression_ratio_threshold for s in segments
             )
-            if end_s > complete_s or not segments or repetitive:
+            if not segments or repetitive:
+                self.unpacked["repetitive" if repetitive else "no text"] += 1
                 alone.append(_Window(item, 0))
                 continue
+            result = results[item.key]
             result.language, result.language_probability = language, probability
             result.segments.extend(segments)
-        return alone
+        return alone, unfinished
 
     def _packed_segments(
         self, item: ChunkInput, start_s: float, assigned: list, decoded: _Decoded
@@ -629,28 +532,8 @@ class BatchTranscriber:
             else:
                 text = self.tokenizer.decode(piece["tokens"]).strip()
                 begin, finish = piece["start"], piece["end"]
-            if not text:
-                continue
-            start = file_time(begin)
-            timed = []
-            for word in words:
-                word_start = file_time(word["start"])
-                word_end = max(file_time(word["end"], is_end=True), word_start)
-                timed.append(
-                    Word(word["word"].strip(), word_start, word_end, float(word["probability"]))
-                )
-            segments.append(
-                Segment(
-                    start=start,
-                    end=max(file_time(finish, is_end=True), start),
-                    text=text,
-                    avg_logprob=float(decoded.avg_logprob),
-                    no_speech_prob=float(decoded.no_speech_prob),
-                    compression_ratio=get_compression_ratio(text),
-                    temperature=decoded.temperature,
-                    words=tuple(timed),
-                )
-            )
+            if text:
+                segments.append(_segment(text, begin, finish, words, decoded, file_time))
         return segments
 
     def _isolated(self, run: Callable[[list[T]], list], items: list[T]) -> list:
@@ -685,7 +568,7 @@ class BatchTranscriber:
         outcomes, final = [], []
         for row, (window, result) in enumerate(zip(batch, decoded, strict=True)):
             encoded = None if host is None else host[row]
-            if isinstance(window, _Packed) and (
+            if isinstance(window, PackedWindow) and (
                 result.needs_fallback(self.options) or result.is_silence(self.options)
             ):
                 # One hard or silent chunk must not send its neighbours to temperature
@@ -952,29 +835,8 @@ class BatchTranscriber:
                 continue
             start = min(max(piece["start"], 0.0), chunk_end)
             end = min(max(piece["end"], start), chunk_end)
-            words = []
-            for word in decoded.words[number] if decoded.words else []:
-                # Inside the segment: the alignment of a window's last words can spill past
-                # its last timestamp into audio the continuation window decodes again.
-                local_start = min(max(word["start"], start), end)
-                word_start = file_time(local_start)
-                word_end = file_time(min(max(word["end"], local_start), end), is_end=True)
-                word_end = max(word_end, word_start)
-                words.append(
-                    Word(word["word"].strip(), word_start, word_end, float(word["probability"]))
-                )
-            result.segments.append(
-                Segment(
-                    start=time_map.get_original_time(start),
-                    end=time_map.get_original_time(end, is_end=True),
-                    text=text,
-                    avg_logprob=float(decoded.avg_logprob),
-                    no_speech_prob=float(decoded.no_speech_prob),
-                    compression_ratio=get_compression_ratio(text),
-                    temperature=decoded.temperature,
-                    words=tuple(words),
-                )
-            )
+            words = decoded.words[number] if decoded.words else []
+            result.segments.append(_segment(text, start, end, words, decoded, file_time))
         if not 0 < seek < window.frames and pieces:
             # The window claims to be finished, but everything in a chunk is VAD speech: a tail
             # of over a second after the last segment is speech the model skipped (common at a
@@ -985,3 +847,43 @@ class BatchTranscriber:
         if 0 < seek < window.frames and window.frames - seek >= MIN_CONTINUATION_FRAMES:
             return _Window(chunk, window.offset + seek)
         return None
+
+
+def _segment(
+    text: str,
+    start: float,
+    end: float,
+    words: list[dict],
+    decoded: _Decoded,
+    file_time: Callable[..., float],
+) -> Segment:
+    """A ``Segment`` of a decoded row, its times and its words' mapped to the file.
+
+    Args:
+        text: The segment's text.
+        start: Its start, seconds in the row's timeline (what ``file_time`` maps).
+        end: Its end, likewise.
+        words: Its aligned words (``add_word_timestamps`` dicts), times in the same timeline;
+            each is clamped inside ``[start, end]``: the alignment of a window's last words can
+            spill past its last timestamp into audio a continuation window decodes again.
+        decoded: The row (its scores go on the segment).
+        file_time: ``(seconds, is_end=False) -> seconds from the file start``.
+    """
+    timed = []
+    for word in words:
+        local_start = min(max(word["start"], start), end)
+        word_start = file_time(local_start)
+        word_end = file_time(min(max(word["end"], local_start), end), is_end=True)
+        word_end = max(word_end, word_start)
+        timed.append(Word(word["word"].strip(), word_start, word_end, float(word["probability"])))
+    file_start = file_time(start)
+    return Segment(
+        start=file_start,
+        end=max(file_time(end, is_end=True), file_start),
+        text=text,
+        avg_logprob=float(decoded.avg_logprob),
+        no_speech_prob=float(decoded.no_speech_prob),
+        compression_ratio=get_compression_ratio(text),
+        temperature=decoded.temperature,
+        words=tuple(timed),
+    )

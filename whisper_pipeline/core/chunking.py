@@ -25,6 +25,9 @@ CHUNK_LENGTH_S = 30
 HOP_LENGTH = 160
 """STFT hop in samples: 10 ms at 16 kHz, so 100 feature frames per second (Whisper)."""
 
+N_FRAMES = CHUNK_LENGTH_S * SAMPLE_RATE // HOP_LENGTH
+"""Frames in Whisper's fixed 30 s encoder window: 3000."""
+
 VAD_BLOCK_S = 300
 """Audio (seconds) one Silero VAD pass keeps regions for. faster-whisper's VAD copies and
 windows its whole input (about 0.3 MB per second scanned); with the context either side a pass

@@ -1,0 +1,220 @@
+"""Window packing: short chunks from many files share one 30 s Whisper encoder window.
+
+Whisper's encoder always runs on a 30 s window (3000 log-mel frames; CTranslate2 requires it),
+so a 3 s voice note costs as much encoder time as 30 s of speech. Here short chunks, from the
+same or different files, are laid one after another in a shared window with
+``PACK_GAP_FRAMES`` of silence between them, so Whisper ends a segment at each gap. The window
+is decoded in the same cross-file batches as any other (``core.batching``), and its text goes
+back to each chunk by time: every word, timed by cross-attention alignment, goes to the chunk
+its midpoint falls in (``assign_words``).
+
+What can go wrong, and what is done about it:
+
+- Whisper skips a chunk, and the alignment puts a neighbour's first word in its span. Such a
+  chunk's words are unlikely or cover little of its speech (``doubtful_chunks``); it and its
+  two neighbours are decoded alone.
+- Whisper leaves the window's last utterance for "the next window" (it ends on a lone start
+  timestamp): chunks past the last complete segment are packed again, once, with the other
+  unfinished chunks of the round; a chunk left unfinished twice is decoded alone.
+- A hard or silent chunk: the window's quality checks fail, and all its chunks are decoded
+  alone, so one chunk never sends the others to temperature fallback or silences them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from whisper_pipeline.core.chunking import N_FRAMES
+
+if TYPE_CHECKING:
+    from whisper_pipeline.core.batching import ChunkInput
+
+PACK_MAX_ITEM_FRAMES = 1000
+"""Chunks of at most 10 s (1000 frames) are packed; longer ones keep a window of their own."""
+
+PACK_GAP_FRAMES = 50
+"""Silence between packed chunks: 0.5 s, long enough for Whisper to end a segment (it emits a
+timestamp pair at a pause) and more than the 0.3 s a word's alignment spills over. Against 1 s
+on 120 short clips, it made fewer windows, 12.7 s against 14.4 s of transcription, and WER 2.8%
+against 3.0% (``benchmarks/RESULTS.md``)."""
+
+PACK_MIN_WORD_PROBABILITY = 0.5
+"""A packed chunk whose words' mean probability is below this is doubtful (``doubtful_chunks``)."""
+
+PACK_MIN_COVERAGE = 0.5
+"""A packed chunk whose words span less than this share of its speech is doubtful: its chunk
+holds VAD speech only, so its words should cover most of it."""
+
+Span = tuple[float, float]
+"""Where a chunk lies in its packed window: ``(start, end)`` in seconds from the window start."""
+
+
+@dataclass(frozen=True)
+class PackedWindow:
+    """Short chunks from any files laid one after another in one window.
+
+    ``PACK_GAP_FRAMES`` of silence separate them: the quietest frame of the two neighbours,
+    which is silence as each chunk's own log-mel normalization floors it. ``starts`` are the
+    frames where each chunk begins in the window. ``offset`` is always 0: a packed window is
+    never continued; the chunks it leaves unfinished are packed again or decoded alone.
+    """
+
+    items: tuple[ChunkInput, ...]
+    starts: tuple[int, ...]
+    offset: int = 0
+
+    @property
+    def chunk(self) -> ChunkInput:
+        """The first chunk (for log lines)."""
+        return self.items[0]
+
+    @property
+    def frames(self) -> int:
+        """Frames from the window start to the end of its last chunk."""
+        return self.starts[-1] + self.items[-1].features.shape[-1]
+
+    def features(self) -> np.ndarray:
+        """The window's log-mel features, shape ``(n_mels, frames)``, float32."""
+        first = self.items[0].features
+        window = np.empty((first.shape[0], self.frames), dtype=np.float32)
+        end = 0
+        for index, (item, start) in enumerate(zip(self.items, self.starts, strict=True)):
+            if start > end:
+                floor = min(float(item.features.min()), float(self.items[index - 1].features.min()))
+                window[:, end:start] = floor
+            end = start + item.features.shape[-1]
+            window[:, start:end] = item.features
+        return window
+
+    def spans(self, frames_per_second: float) -> list[Span]:
+        """Each chunk's ``(start, end)`` in the window, in seconds."""
+        return [
+            (start / frames_per_second, (start + item.features.shape[-1]) / frames_per_second)
+            for item, start in zip(self.items, self.starts, strict=True)
+        ]
+
+
+def pack_chunks(
+    chunks: list[ChunkInput],
+    max_item_frames: int = PACK_MAX_ITEM_FRAMES,
+    gap_frames: int = PACK_GAP_FRAMES,
+) -> tuple[list[PackedWindow], list[ChunkInput]]:
+    """Pack short chunks into shared 30 s windows, first-fit decreasing by length.
+
+    Args:
+        chunks: Chunks from any files.
+        max_item_frames: Longest chunk that is packed, in feature frames (100 per second).
+        gap_frames: Silence between two packed chunks, frames.
+
+    Returns:
+        ``(packed, alone)``: windows of two or more chunks, and the chunks decoded alone (the
+        long ones, and short ones no other chunk fitted beside).
+    """
+    short = sorted(
+        (c for c in chunks if c.features.shape[-1] <= max_item_frames),
+        key=lambda c: -c.features.shape[-1],
+    )
+    bins: list[list[ChunkInput]] = []
+    ends: list[int] = []
+    for chunk in short:
+        frames = chunk.features.shape[-1]
+        for index, end in enumerate(ends):
+            if end + gap_frames + frames <= N_FRAMES:
+                bins[index].append(chunk)
+                ends[index] = end + gap_frames + frames
+                break
+        else:
+            bins.append([chunk])
+            ends.append(frames)
+    packed, alone = [], [c for c in chunks if c.features.shape[-1] > max_item_frames]
+    for group in bins:
+        if len(group) == 1:
+            alone.append(group[0])
+            continue
+        starts, position = [], 0
+        for chunk in group:
+            starts.append(position)
+            position += chunk.features.shape[-1] + gap_frames
+        packed.append(PackedWindow(tuple(group), tuple(starts)))
+    return packed, alone
+
+
+def nearest_span(spans: list[Span], seconds: float) -> int:
+    """Index of the span holding ``seconds``, else of the nearest one (a time in a gap)."""
+    distances = [max(start - seconds, seconds - end, 0.0) for start, end in spans]
+    return distances.index(min(distances))
+
+
+def assign_words(
+    pieces: list[dict], words: list[list[dict]] | None, spans: list[Span]
+) -> list[list[tuple[dict, list[dict]]]]:
+    """Give a packed window's segments and words to the chunks they belong to.
+
+    A word goes to the chunk its midpoint falls in (or the nearest, when it straddles a gap),
+    so a segment that runs across a boundary is split there. A word aligned wholly inside a gap
+    belongs to no chunk and is dropped: no audio says it, and Whisper repeats a neighbour's word
+    there now and then. Without word timings a segment goes whole to the chunk it overlaps most.
+
+    Args:
+        pieces: The window's segments: dicts with ``start`` and ``end`` (seconds from the
+            window start) and ``tokens``, as faster-whisper's timestamp splitter gives them.
+        words: Per piece, its words (dicts with ``word``, ``start``, ``end``, ``probability``,
+            seconds from the window start), or ``None`` when words were not aligned.
+        spans: Each chunk's ``(start, end)`` in the window, seconds.
+
+    Returns:
+        Per chunk, ``(piece, its words in that chunk)`` pairs in window order; the word list is
+        empty when there were no word timings.
+    """
+    assigned: list[list[tuple[dict, list[dict]]]] = [[] for _ in spans]
+    for number, piece in enumerate(pieces):
+        piece_words = words[number] if words else None
+        if piece_words:
+            groups: dict[int, list[dict]] = {}
+            for word in piece_words:
+                middle = (word["start"] + word["end"]) / 2
+                nearest = nearest_span(spans, middle)
+                start, end = spans[nearest]
+                in_gap = word["end"] < start or word["start"] > end
+                if in_gap or (word["start"] == word["end"] and not start <= middle <= end):
+                    continue
+                groups.setdefault(nearest, []).append(word)
+            for index, group in groups.items():
+                assigned[index].append((piece, group))
+        elif piece_words is None:
+            overlaps = [min(end, piece["end"]) - max(start, piece["start"]) for start, end in spans]
+            assigned[overlaps.index(max(overlaps))].append((piece, []))
+    return assigned
+
+
+def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict]]]]) -> set[int]:
+    """Chunks whose words look like someone else's, and their neighbours.
+
+    A chunk is doubtful when its words' mean probability is below ``PACK_MIN_WORD_PROBABILITY``
+    or they span less than ``PACK_MIN_COVERAGE`` of its speech: the sign that Whisper skipped it
+    and a neighbour's word was aligned into its span (found on a 2 s "one, two, three" packed
+    before "Then ..."). Its neighbours may have lost that word, so they are doubtful too; a chunk
+    two away is past a whole chunk and two gaps, out of reach of an alignment's drift.
+
+    Args:
+        spans: Each chunk's ``(start, end)`` in the window, seconds.
+        assigned: ``assign_words``'s result for the window.
+
+    Returns:
+        Indices of the chunks to decode alone.
+    """
+    doubtful = set()
+    for index, (span, pairs) in enumerate(zip(spans, assigned, strict=True)):
+        words = [word for _, group in pairs for word in group]
+        if not words:
+            continue
+        probability = sum(word["probability"] for word in words) / len(words)
+        covered = max(w["end"] for w in words) - min(w["start"] for w in words)
+        if probability < PACK_MIN_WORD_PROBABILITY or covered < PACK_MIN_COVERAGE * (
+            span[1] - span[0]
+        ):
+            doubtful.update({index - 1, index, index + 1})
+    return {index for index in doubtful if 0 <= index < len(spans)}
