@@ -92,9 +92,9 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
         started = time.perf_counter()
         size = wave or wave_size(whisper)
         results = []
-        for batch in chunk_waves(store, shard_dir, extractor.mel_filters.shape[0], size, scratch):
-            results += transcriber.transcribe(batch)
-            del batch  # as transcribe_shard does
+        waves = chunk_waves(store, shard_dir, extractor.mel_filters.shape[0], size, scratch)
+        for done in transcriber.transcribe_waves(waves):  # as transcribe_shard does
+            results += done
             if trim:
                 release_free_memory()
         return {

@@ -23,11 +23,9 @@ EXECUTOR_CONFIG = {
     # One transcription step at a time within a run; the pool in dagster.yaml does the same
     # across runs.
     "tag_concurrency_limits": [{"key": ACCELERATOR_TAG_KEY, "value": "gpu", "limit": 1}],
-    # Step processes fork from a server that has already imported dagster and this code
-    # location, instead of re-importing them for every step.
-    "start_method": {
-        "forkserver": {"preload_modules": ["dagster", "whisper_pipeline.definitions"]}
-    },
+    # Step processes fork from a server that has already imported dagster, the instance's
+    # storage and this code location, instead of re-importing them for every step.
+    "start_method": {"forkserver": {"preload_modules": ["whisper_pipeline.preload"]}},
 }
 
 executor = dg.multiprocess_executor.configured(EXECUTOR_CONFIG)

@@ -21,8 +21,8 @@ def fake_text(content_sha256: str, chunk_index: int) -> str:
 
 
 class FakeTranscriber:
-    """Same interface as ``core.batching.BatchTranscriber``: ``transcribe``, ``generate_calls``,
-    ``align_s``.
+    """Same interface as ``core.batching.BatchTranscriber``: ``transcribe``,
+    ``transcribe_waves``, ``generate_calls``, ``align_s``.
 
     Args:
         fail_contents: SHA-256 prefixes whose chunks "raise in the model" (``"*"``: all).
@@ -61,6 +61,11 @@ class FakeTranscriber:
             segment = Segment(start, end, text, -0.1, 0.01, 1.2, 0.0, words)
             results.append(ChunkResult(chunk.key, [segment], "en", 1.0))
         return results
+
+    def transcribe_waves(self, waves):
+        """``transcribe`` of each wave, one list of results per wave."""
+        for wave in waves:
+            yield self.transcribe(wave)
 
 
 class FakeTranscriberResource(WhisperModelResource):

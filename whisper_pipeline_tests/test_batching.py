@@ -8,7 +8,6 @@ from whisper_pipeline.core.batching import (
     BatchTranscriber,
     ChunkInput,
     DecodingOptions,
-    length_sorted_batches,
     pad_features,
 )
 from whisper_pipeline.core.chunking import log_mel, split_speech
@@ -65,6 +64,26 @@ def test_cross_file_batches_give_the_same_text_as_one_chunk_at_a_time(model, inp
 
 
 @pytest.mark.slow  # the real model for several seconds
+def test_waves_join_as_the_queue_thins_out_and_give_every_chunk_once(model, inputs):
+    ordered = sorted(inputs, key=lambda c: -c.features.shape[-1])  # as chunk_waves reads them
+    waves = [ordered[start : start + 3] for start in range(0, len(ordered), 3)]
+    yielded: list = []
+
+    def read_waves():
+        for number, wave in enumerate(waves):
+            if number >= 2:  # a wave joins only once the one two before is all done
+                assert {c.key for c in waves[number - 2]} <= {r.key for r in yielded}
+            yield wave
+
+    transcriber = BatchTranscriber(model, DecodingOptions(batch_size=2))
+    for done in transcriber.transcribe_waves(read_waves(), refill=2):
+        assert done
+        yielded += done
+    assert sorted(r.key for r in yielded) == sorted(c.key for c in inputs)
+    assert texts(yielded) == texts(BatchTranscriber(model, DecodingOptions()).transcribe(inputs))
+
+
+@pytest.mark.slow  # the real model for several seconds
 def test_batched_text_matches_references(corpus, model, inputs):
     from whisper_pipeline_tests.conftest import corpus_rows
 
@@ -112,16 +131,6 @@ def test_a_chunk_that_raises_in_the_model_fails_alone(model, inputs):
     assert not results[PoisonedTranscriber.poisoned].segments
     others = [r for key, r in results.items() if key != PoisonedTranscriber.poisoned]
     assert all(not r.error and r.segments for r in others)
-
-
-def test_length_sorted_batches_group_similar_lengths():
-    batches = length_sorted_batches([5, 1, 9, 3, 7], 2, length=lambda x: x)
-    assert batches == [[9, 7], [5, 3], [1]]
-    # As many batches as workers can share: no worker alone on the last batch of a round.
-    batches = length_sorted_batches(list(range(20)), 8, lambda x: x, workers=2)
-    assert batches == [list(range(top, top - 5, -1)) for top in (19, 14, 9, 4)]
-    assert length_sorted_batches([1, 2, 3], 8, lambda x: x, workers=2) == [[3, 2], [1]]
-    assert length_sorted_batches([], 8, lambda x: x, workers=2) == []
 
 
 def test_pad_features_zero_pads_to_3000_frames():

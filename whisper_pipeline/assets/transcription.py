@@ -203,7 +203,8 @@ def preprocess_shard(
 
 
 WAVE_BATCHES = 8
-"""Batches of chunks a transcription step holds at once (``core.staging.chunk_waves``): enough
+"""Batches of chunks in a wave (``core.staging.chunk_waves``), the unit a transcription step
+reads and holds (at most two waves at once, ``BatchTranscriber.transcribe_waves``): enough
 for every CTranslate2 worker to have several batches per seek round, few enough that the
 feature pages a step keeps resident do not grow with the shard."""
 
@@ -254,11 +255,10 @@ def transcribe_shard(
     )
     with tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as local_dir, progress:
         waves = chunk_waves(store, shard_dir, shard.n_mels, wave_size(whisper), local_dir)
-        for wave in waves:
-            results += transcriber.transcribe(wave)
-            progress.advance(len(wave), sum(chunk.duration_s for chunk in wave))
-            del wave  # drop the wave's feature map before trimming
-            release_free_memory()  # the heap must not grow with the waves done (core.memory)
+        for done in transcriber.transcribe_waves(waves):
+            results += done
+            progress.advance(len(done), sum(frames[r.key] for r in done) / FRAMES_PER_SECOND)
+            release_free_memory()  # the heap must not grow with the chunks done (core.memory)
     finished = time.perf_counter()
     files = store.read_parquet(posixpath.join(shard_dir, FILES_FILE)).to_pylist()
     assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())

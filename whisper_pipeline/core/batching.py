@@ -10,21 +10,20 @@ text is too repetitive (gzip compression ratio > 2.4) or too unlikely (average l
 < -1) is decoded again at the next temperature (0.2, 0.4, ... 1.0, sampling ``best_of`` = 5), and
 a row the model marks as silence (no-speech probability > 0.6 with average log-probability < -1)
 yields no text. The thresholds are OpenAI Whisper's ``transcribe()`` defaults. Rows that need
-fallback are collected from every batch of a round and re-decoded together, temperature by
-temperature, from their kept encoder output: a fallback ``generate`` call then has several rows
-instead of the one or two a single batch yields.
+fallback are collected from every batch and re-decoded together, from their kept encoder output,
+so a fallback ``generate`` call has several rows instead of the one or two a single batch yields.
 
 Whisper often closes a window early (``... printing<|7.00|><|7.00|>`` then end-of-text) and
 leaves the rest for the next window; the sequential decoder "seeks" to the last timestamp and
-decodes again. Here that seek is batched too: every window that ended unfinished gets a
-continuation window from its last timestamp, and all continuations are decoded together in the
-next round.
+decodes again. Here that seek is batched too: a window that ended unfinished gets a continuation
+window from its last timestamp, which waits with every other window for the next free batch.
 
-The batches of a round (and the fallback calls of a temperature) are independent, so they are
-handed to as many threads as the model has CTranslate2 workers (``WhisperModel(num_workers=N)``
-replicates the model; ``generate`` releases the GIL). On a 2-core CPU two single-threaded
-workers transcribed the shared corpus faster than one worker with two threads, whose small
-per-step matrix products do not keep both cores busy (timings in ``benchmarks/RESULTS.md``).
+Batches are independent, so they are handed to as many threads as the model has CTranslate2
+workers (``WhisperModel(num_workers=N)`` replicates the model; ``generate`` releases the GIL),
+each thread taking the next batch as soon as it is done (``BatchTranscriber.transcribe_waves``).
+On a 2-core CPU two single-threaded workers transcribed the shared corpus faster than one worker
+with two threads, whose small per-step matrix products do not keep both cores busy (timings in
+``benchmarks/RESULTS.md``). Short chunks may share a window (``core.packing``).
 """
 
 import logging
@@ -32,9 +31,10 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import ctranslate2
@@ -275,40 +275,6 @@ def pad_features(features: list[np.ndarray]) -> np.ndarray:
     return batch
 
 
-def length_sorted_batches(
-    items: Sequence[T], batch_size: int, length: Callable[[T], int], workers: int = 1
-) -> list[list[T]]:
-    """Group items into batches of similar length, longest first, as many as workers can share.
-
-    Rows of a ``generate`` call run until the longest one ends, and speech length predicts token
-    count, so sorting by frames keeps the padding (wasted decoder steps) small. The number of
-    batches is rounded up to a multiple of ``workers`` (batches made smaller to match), so no
-    worker sits idle through a round's last batch: 20 windows on 2 workers make 4 batches of 5,
-    not 8 + 8 + 4 with one worker alone on the last.
-
-    Args:
-        items: Items in any order.
-        batch_size: Maximum rows per batch (>= 1).
-        length: Sort key, e.g. feature frames.
-        workers: Batches decoded at once (CTranslate2 workers).
-
-    Returns:
-        Batches, each a list of at most ``batch_size`` items.
-    """
-    ordered = sorted(items, key=length, reverse=True)
-    count = math.ceil(len(ordered) / batch_size)
-    count = min(len(ordered), math.ceil(count / max(1, workers)) * max(1, workers))
-    if count == 0:
-        return []
-    size, larger = divmod(len(ordered), count)
-    batches, start = [], 0
-    for index in range(count):
-        end = start + size + (index < larger)
-        batches.append(ordered[start:end])
-        start = end
-    return batches
-
-
 @dataclass(frozen=True)
 class _Window:
     """The part of a chunk from ``offset`` frames on, still to be decoded."""
@@ -328,6 +294,13 @@ UNPACK = object()
 """First-pass outcome of a packed window whose chunks are to be decoded alone."""
 
 
+def _keys(window) -> list[Hashable]:
+    """The keys of the chunks a window holds: one, or a packed window's several."""
+    if isinstance(window, PackedWindow):
+        return [item.key for item in window.items]
+    return [window.chunk.key]
+
+
 @dataclass
 class _Retry:
     """A window whose first pass failed the quality checks, waiting for temperature fallback.
@@ -341,6 +314,105 @@ class _Retry:
     language: tuple[str, float]
     encoded: np.ndarray | None
     candidates: list["_Decoded"]
+
+
+class _Queue:
+    """What waits for a worker in ``BatchTranscriber.transcribe_waves``, and the results so far.
+
+    Attributes:
+        results: Result per chunk taken in and not yet yielded, in the order taken in.
+        windows: Windows waiting for a first pass.
+        retries: Rows waiting for temperature fallback.
+        decoded: Windows decoded so far per chunk (``MAX_SEEK_ROUNDS`` bounds it).
+        repacked: Chunks already packed again after a packed window left them unfinished.
+    """
+
+    def __init__(self, transcriber: "BatchTranscriber", refill: int):
+        self.transcriber = transcriber
+        self.refill = refill
+        self.results: dict[Hashable, ChunkResult] = {}
+        self.windows: list = []
+        self.retries: list[_Retry] = []
+        self.decoded: Counter[Hashable] = Counter()
+        self.repacked: set[Hashable] = set()
+        self.more = True
+
+    def take_waves(self, waves: Iterator[list[ChunkInput]]) -> None:
+        """Take in waves while fewer than ``refill`` windows wait (packed where enabled)."""
+        options = self.transcriber.options
+        while self.more and len(self.windows) < self.refill:
+            wave = next(waves, None)
+            if wave is None:
+                self.more = False
+                return
+            for chunk in wave:
+                self.results[chunk.key] = ChunkResult(key=chunk.key)
+            if options.pack_windows and self.transcriber.fixed_language is not None:
+                packed, alone = pack_chunks(wave)
+                self.windows += packed + [_Window(chunk, 0) for chunk in alone]
+            else:
+                self.windows += [_Window(chunk, 0) for chunk in wave]
+
+    def next_job(self, free: int) -> tuple[str, list] | None:
+        """The next job for one of ``free`` idle workers, or ``None`` when nothing waits.
+
+        A full group of fallback rows goes first (their encoder output is held in memory), or
+        any fallback rows when no window waits. Otherwise the longest waiting windows, up to
+        ``batch_size``, fewer when that leaves the other free workers a share.
+        """
+        size = self.transcriber.fallback_size()
+        if len(self.retries) >= size or (self.retries and not self.windows):
+            self.retries.sort(key=lambda retry: retry.window.frames, reverse=True)
+            group, self.retries = self.retries[:size], self.retries[size:]
+            return "fallback", group
+        if not self.windows:
+            return None
+        self.windows.sort(key=lambda window: window.frames, reverse=True)
+        count = min(self.transcriber.options.batch_size, math.ceil(len(self.windows) / free))
+        batch, self.windows = self.windows[:count], self.windows[count:]
+        return "batch", batch
+
+    def finish(self, kind: str, items: list, outcomes: list) -> None:
+        """Record a finished job's outcomes; queue what they leave to decode."""
+        transcriber, results = self.transcriber, self.results
+        following: list = []
+        unfinished: list[ChunkInput] = []
+        if kind == "fallback":
+            for retry, outcome in outcomes:
+                window = retry.window
+                following += transcriber._finish(results[window.chunk.key], window, outcome)
+        else:
+            for window, outcome in zip(items, outcomes, strict=True):
+                self.decoded.update(_keys(window))
+                if isinstance(window, PackedWindow):
+                    alone, left = transcriber._finish_packed(results, window, outcome)
+                    following += alone
+                    unfinished += left
+                elif isinstance(outcome, _Retry):
+                    self.retries.append(outcome)
+                else:
+                    following += transcriber._finish(results[window.chunk.key], window, outcome)
+        # Chunks a packed window left unfinished share new windows, once; a chunk left
+        # unfinished again is decoded alone.
+        twice = [chunk for chunk in unfinished if chunk.key in self.repacked]
+        again = [chunk for chunk in unfinished if chunk.key not in self.repacked]
+        self.repacked.update(chunk.key for chunk in again)
+        packed, alone = pack_chunks(again)
+        following += packed + [_Window(chunk, 0) for chunk in alone + twice]
+        self.windows += [
+            window
+            for window in following
+            if all(self.decoded[key] < MAX_SEEK_ROUNDS for key in _keys(window))
+        ]
+
+    def finished_results(self, busy: Iterable[tuple[str, list]]) -> list[ChunkResult]:
+        """Pop the results of the chunks with nothing waiting and nothing in ``busy`` jobs."""
+        pending = {key for window in self.windows for key in _keys(window)}
+        pending.update(retry.window.chunk.key for retry in self.retries)
+        for kind, items in busy:
+            for item in items:
+                pending.update(_keys(item.window if kind == "fallback" else item))
+        return [self.results.pop(key) for key in list(self.results) if key not in pending]
 
 
 class BatchTranscriber:
@@ -372,7 +444,6 @@ class BatchTranscriber:
         self.unpacked: Counter[str] = Counter()
         """Packed chunks decoded alone again, by reason (``_finish_packed``)."""
         self._calls_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
 
     def transcribe(self, chunks: Iterable[ChunkInput]) -> list[ChunkResult]:
         """Transcribe chunks in length-sorted batches, with batched seeks.
@@ -388,56 +459,67 @@ class BatchTranscriber:
             One ``ChunkResult`` per input chunk, in input order.
         """
         chunks = list(chunks)
-        results = {chunk.key: ChunkResult(key=chunk.key) for chunk in chunks}
-        windows: list = [_Window(chunk, 0) for chunk in chunks]
-        if self.options.pack_windows and self.fixed_language is not None:
-            packed, alone = pack_chunks(chunks)
-            windows = packed + [_Window(chunk, 0) for chunk in alone]
-        repacked: set[Hashable] = set()
-        with ThreadPoolExecutor(self.workers) as self._pool:
-            for _ in range(MAX_SEEK_ROUNDS):
-                following: list = []
-                unfinished: list[ChunkInput] = []
-                retries: list[_Retry] = []
-                batches = length_sorted_batches(
-                    windows, self.options.batch_size, lambda w: w.frames, self.workers
-                )
-                outcomes = self._map(lambda batch: self._isolated(self._first_pass, batch), batches)
-                for batch, batch_outcomes in zip(batches, outcomes, strict=True):
-                    for window, outcome in zip(batch, batch_outcomes, strict=True):
-                        if isinstance(window, PackedWindow):
-                            alone, left = self._finish_packed(results, window, outcome)
-                            following += alone
-                            unfinished += left
-                        elif isinstance(outcome, _Retry):
-                            retries.append(outcome)
-                        else:
-                            following += self._finish(results[window.chunk.key], window, outcome)
-                for retry, outcome in self._fallback(retries):
-                    window = retry.window
-                    following += self._finish(results[window.chunk.key], window, outcome)
-                # Chunks a packed window left unfinished share new windows, once; a chunk left
-                # unfinished again is decoded alone.
-                again = [chunk for chunk in unfinished if chunk.key not in repacked]
-                repacked.update(chunk.key for chunk in again)
-                packed, alone = pack_chunks(again)
-                following += packed + [_Window(chunk, 0) for chunk in alone]
-                following += [_Window(chunk, 0) for chunk in unfinished if chunk not in again]
-                windows = following
-                if not windows:
-                    break
-        self._pool = None
-        return [results[chunk.key] for chunk in chunks]
+        done = {r.key: r for finished in self.transcribe_waves([chunks]) for r in finished}
+        return [done[chunk.key] for chunk in chunks]
 
-    def _map(self, function: Callable[[T], list], items: list[T]) -> list[list]:
-        """``[function(item) for item in items]``, on the worker threads when there are several.
+    def transcribe_waves(
+        self, waves: Iterable[list[ChunkInput]], refill: int | None = None
+    ) -> Iterator[list[ChunkResult]]:
+        """Transcribe waves of chunks, keeping every worker busy until the last one is done.
 
-        Results keep the order of ``items`` whatever order the calls finish in, so the output
-        does not depend on thread timing (at temperature 0).
+        Windows waiting to be decoded form a queue. Whenever a worker is free it gets the next
+        batch: up to ``batch_size`` of the longest waiting windows (split evenly between the
+        free workers when few wait), or a group of rows that failed the quality checks, for
+        temperature fallback. What a batch leaves (continuations, chunks to decode alone,
+        chunks a packed window left unfinished, packed again) joins the queue at once. There
+        are no rounds that all batches must finish before the next starts: on the corpus, one
+        wave decoded in rounds took 52.8 s and two waves 59.0 s, the workers idling at every
+        round's end (``benchmarks/RESULTS.md``). The next wave joins whenever fewer than
+        ``refill`` windows wait, so at most about two waves are held at once.
+
+        Which windows share a batch depends on timing; at temperature 0 the text does not
+        (CTranslate2 decodes each row alone). Packed windows re-packed from unfinished chunks
+        depend on it too.
+
+        Args:
+            waves: Lists of chunks (from any number of files; keys unique across all waves),
+                consumed lazily, one list at a time.
+            refill: Waiting windows below which the next wave is taken in; default two batches
+                per worker (on the corpus, in waves of 64 chunks: 47.1 s, against 50.2 s with
+                one batch per worker and 47.8 s for all chunks in one wave).
+
+        Yields:
+            Whenever a batch finishes chunks, their results (never an empty list); every
+            chunk's result is yielded exactly once. A chunk still unfinished after
+            ``MAX_SEEK_ROUNDS`` windows keeps what it has.
         """
-        if self.workers == 1 or len(items) < 2 or self._pool is None:
-            return [function(item) for item in items]
-        return list(self._pool.map(function, items))
+        refill = refill or 2 * self.workers * self.options.batch_size
+        waves = iter(waves)
+        queue = _Queue(self, refill)
+        with ThreadPoolExecutor(self.workers) as executor:
+            in_flight: dict[Future, tuple[str, list]] = {}
+            while True:
+                queue.take_waves(waves)
+                while len(in_flight) < self.workers:
+                    job = queue.next_job(self.workers - len(in_flight))
+                    if job is None:
+                        break
+                    kind, items = job
+                    work = self._fallback_group if kind == "fallback" else self._decode_batch
+                    in_flight[executor.submit(work, items)] = job
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    kind, items = in_flight.pop(future)
+                    queue.finish(kind, items, future.result())
+                finished = queue.finished_results(in_flight.values())
+                if finished:
+                    yield finished
+
+    def _decode_batch(self, batch: list) -> list:
+        """First pass of a batch, a model error isolated to its window (``_isolated``)."""
+        return self._isolated(self._first_pass, batch)
 
     def _finish(self, result: ChunkResult, window: _Window, outcome) -> list[_Window]:
         """Record a window's outcome (decoded row or error); return its continuation, if any."""
@@ -589,64 +671,72 @@ class BatchTranscriber:
         """The encoder output as a host array, kept for fallback; ``None`` on CUDA."""
         return np.array(encoder_output) if encoder_output.device == "cpu" else None
 
-    def _fallback(self, retries: list[_Retry]) -> list[tuple[_Retry, object]]:
-        """Temperature fallback for the rows of a whole round, several rows per call.
+    def fallback_size(self) -> int:
+        """Rows per temperature-fallback call.
 
-        Returns:
-            ``(retry, outcome)`` for every retry: outcome is ``(decoded, language)`` or an
-            error message.
+        ``fallback_batch_size``, else ``batch_size`` (at most ``CPU_FALLBACK_BATCH`` on CPU).
         """
-        done: list[tuple[_Retry, object]] = []
-        pending = sorted(retries, key=lambda r: r.window.frames, reverse=True)
         size = self.options.fallback_batch_size or self.options.batch_size
         if self.options.fallback_batch_size is None and self.model.model.device == "cpu":
             size = min(size, CPU_FALLBACK_BATCH)
+        return size
+
+    def _fallback_group(self, group: list[_Retry]) -> list[tuple[_Retry, object]]:
+        """Temperature fallback for a group of rows, temperature after temperature.
+
+        Rows that pass the quality checks at a temperature drop out; the rest go on to the
+        next. A row that fails at every temperature keeps its most likely result that is not
+        repetitive, else the most likely of all (faster-whisper's rule).
+
+        Returns:
+            ``(retry, outcome)`` for every row: outcome is ``(decoded, language)`` or an
+            error message.
+        """
+        done: list[tuple[_Retry, object]] = []
+        pending = list(group)
         for temperature in self.options.temperatures[1:]:
+            if not pending:
+                break
+            outcomes = self._isolated(partial(self._sample, temperature=temperature), pending)
             still_pending = []
-            groups = [pending[start : start + size] for start in range(0, len(pending), size)]
-
-            def run(items: list[_Retry], temperature=temperature) -> list[_Decoded]:
-                if items[0].encoded is not None:
-                    stacked = np.stack([item.encoded for item in items])
-                    encoder_output = ctranslate2.StorageView.from_array(stacked)
+            for retry, outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, str):
+                    done.append((retry, outcome))
+                    continue
+                retry.candidates.append(outcome)
+                if outcome.needs_fallback(self.options):
+                    still_pending.append(retry)
                 else:
-                    features = pad_features([item.window.features() for item in items])
-                    encoder_output = self.model.encode(features)
-                languages = [item.language for item in items]
-                frames = max(item.window.frames for item in items)
-                decoded = self._generate(encoder_output, languages, temperature, frames)
-                passed = [
-                    (item.window, result, item.language[0], item.encoded)
-                    for item, result in zip(items, decoded, strict=True)
-                    if not result.needs_fallback(self.options)
-                ]
-                self._attach_words(passed, encoder_output if len(passed) == len(items) else None)
-                return decoded
-
-            outcomes = self._map(lambda group, run=run: self._isolated(run, group), groups)
-            for group, group_outcomes in zip(groups, outcomes, strict=True):
-                for retry, outcome in zip(group, group_outcomes, strict=True):
-                    if isinstance(outcome, str):
-                        done.append((retry, outcome))
-                        continue
-                    retry.candidates.append(outcome)
-                    if outcome.needs_fallback(self.options):
-                        still_pending.append(retry)
-                    else:
-                        done.append((retry, (outcome, retry.language)))
+                    done.append((retry, (outcome, retry.language)))
             pending = still_pending
         threshold = self.options.compression_ratio_threshold
         chosen = []
         for retry in pending:
-            # Every temperature failed: keep the most likely result that is not repetitive,
-            # else the most likely of all (faster-whisper's rule).
             below = [r for r in retry.candidates if r.compression_ratio <= threshold]
             best = max(below or retry.candidates, key=lambda r: r.avg_logprob)
             done.append((retry, (best, retry.language)))
             chosen.append((retry.window, best, retry.language[0], retry.encoded))
-        for start in range(0, len(chosen), size):
-            self._attach_words(chosen[start : start + size], None)
+        self._attach_words(chosen, None)
         return done
+
+    def _sample(self, items: list[_Retry], temperature: float) -> list[_Decoded]:
+        """Decode rows again at ``temperature`` (sampling), from their kept encoder output."""
+        if items[0].encoded is not None:
+            stacked = np.stack([item.encoded for item in items])
+            encoder_output = ctranslate2.StorageView.from_array(stacked)
+        else:
+            features = pad_features([item.window.features() for item in items])
+            encoder_output = self.model.encode(features)
+        languages = [item.language for item in items]
+        frames = max(item.window.frames for item in items)
+        decoded = self._generate(encoder_output, languages, temperature, frames)
+        passed = [
+            (item.window, result, item.language[0], item.encoded)
+            for item, result in zip(items, decoded, strict=True)
+            if not result.needs_fallback(self.options)
+        ]
+        self._attach_words(passed, encoder_output if len(passed) == len(items) else None)
+        return decoded
 
     def _languages(self, encoder_output, batch_size: int) -> list[tuple[str, float]]:
         if self.fixed_language is not None:
