@@ -15,10 +15,15 @@ def english_wer(references: list[str], hypotheses: list[str]) -> float:
         Word error rate over all pairs together (not a mean of per-pair rates).
     """
     import jiwer
+
+    return jiwer.wer([normalize(r) for r in references], [normalize(h) for h in hypotheses])
+
+
+def normalize(text: str) -> str:
+    """OpenAI Whisper's English text normalizer (``whisper-normalizer``, a dev extra)."""
     from whisper_normalizer.english import EnglishTextNormalizer
 
-    normalize = EnglishTextNormalizer()
-    return jiwer.wer([normalize(r) for r in references], [normalize(h) for h in hypotheses])
+    return EnglishTextNormalizer()(text)
 
 
 def _word_key(word: str) -> str:

@@ -440,3 +440,22 @@ def test_a_packed_chunk_whisper_skipped_does_not_take_its_neighbours_word(corpus
     text = texts(results)
     assert "two" in text["formats/one_two_three_44k_s24.flac"].lower()
     assert text["short/lj001_0013.wav"].lower().startswith("then")
+
+
+@pytest.mark.slow  # the real model on six clips, packed and alone
+def test_packed_clips_that_say_the_same_words_keep_their_own(corpus, model):
+    # Six encodings of one "one, two, three" recording share windows: no vocabulary tells
+    # their words apart, only time. Found through the CLI: "1, 2," and "3, 1, 2, 3", the last
+    # word of one clip aligned across a 0.5 s gap into the next.
+    from whisper_pipeline.evaluation import normalize
+    from whisper_pipeline_tests.conftest import corpus_rows
+
+    names = sorted(
+        row["file"] for row in corpus_rows() if row["file"].startswith("formats/one_two_three")
+    )
+    inputs = chunk_inputs(corpus, model, names)
+    for order in (inputs, inputs[::-1], inputs[1:] + inputs[:1]):
+        transcriber = BatchTranscriber(model, DecodingOptions(pack_windows=True))
+        text = texts(transcriber.transcribe(order))
+        spoken = {name: normalize(text[name]).replace(" ", "") for name in names}
+        assert set(spoken.values()) == {"123"}, text

@@ -48,6 +48,14 @@ PACK_MIN_COVERAGE = 0.5
 """A packed chunk whose words span less than this share of its speech is doubtful: its chunk
 holds VAD speech only, so its words should cover most of it."""
 
+PACK_EARLY_WORD_S = 0.1
+"""A word that starts more than this before its chunk (seconds) is doubtful: a chunk begins with
+VAD padding before its first word, and on 120 short clips no word started before its chunk."""
+
+PACK_LATE_WORD_S = 0.2
+"""A word that ends more than this after its chunk (seconds) is doubtful. The alignment of a
+chunk's last word spills a little past it (at most 0.12 s on 120 short clips)."""
+
 Span = tuple[float, float]
 """Where a chunk lies in its packed window: ``(start, end)`` in seconds from the window start."""
 
@@ -191,12 +199,15 @@ def assign_words(
 
 
 def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict]]]]) -> set[int]:
-    """Chunks whose words look like someone else's, and their neighbours.
+    """Chunks whose words may be someone else's, and the neighbours they may belong to.
 
-    A chunk is doubtful when its words' mean probability is below ``PACK_MIN_WORD_PROBABILITY``
-    or they span less than ``PACK_MIN_COVERAGE`` of its speech: the sign that Whisper skipped it
-    and a neighbour's word was aligned into its span (found on a 2 s "one, two, three" packed
-    before "Then ..."). Its neighbours may have lost that word, so they are doubtful too; a chunk
+    A chunk is doubtful, with both its neighbours, when its words' mean probability is below
+    ``PACK_MIN_WORD_PROBABILITY`` or they span less than ``PACK_MIN_COVERAGE`` of its speech:
+    the sign that Whisper skipped it and a neighbour's word was aligned into its span (found on a
+    2 s "one, two, three" packed before "Then ..."). It is doubtful with the neighbour on that
+    side when one of its words starts ``PACK_EARLY_WORD_S`` before it or ends ``PACK_LATE_WORD_S``
+    after it: a word aligned across a gap, which by its midpoint may have gone to the wrong side
+    (found on two clips saying the same "one, two, three": "1, 2," and "3, 1, 2, 3"). A chunk
     two away is past a whole chunk and two gaps, out of reach of an alignment's drift.
 
     Args:
@@ -217,4 +228,8 @@ def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict
             span[1] - span[0]
         ):
             doubtful.update({index - 1, index, index + 1})
+        if min(word["start"] for word in words) < span[0] - PACK_EARLY_WORD_S:
+            doubtful.update({index - 1, index})
+        if max(word["end"] for word in words) > span[1] + PACK_LATE_WORD_S:
+            doubtful.update({index, index + 1})
     return {index for index in doubtful if 0 <= index < len(spans)}

@@ -1,0 +1,140 @@
+"""Does window packing give any file a word of another file? Packed against unpacked, per file.
+
+    python -m benchmarks.packing_attribution [--inputs corpus,many-short] [--out benchmarks/out]
+
+Every input set is transcribed twice by ``BatchTranscriber`` with the pipeline's defaults and
+model: window packing on and off. For each file that shared a packed window, its packed
+transcript's words are compared with the words of the files it shared a window with:
+
+- *foreign*: a word of the packed transcript that neither this file's reference nor its unpacked
+  transcript has, but a window neighbour's reference or unpacked transcript has: a word
+  attributed to the wrong file (the goal is 0);
+- *lost*: a word of both this file's reference and its unpacked transcript missing from its
+  packed transcript (a word dropped at a boundary);
+- WER of each run against the references.
+
+Words are compared after Whisper's English normalizer (``evaluation.normalize``), as bags.
+Input sets as in ``benchmarks/run.py``. Prints a Markdown table; the per-file differences go to
+``OUT/packing_attribution.json``.
+"""
+
+import argparse
+import json
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from benchmarks.run import (
+    DEFAULT_OUT,
+    ModelConfig,
+    corpus_wer,
+    load_input_set,
+    load_pipeline_model,
+    prepare_chunks,
+)
+from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
+from whisper_pipeline.resources.whisper import bundled_model_path
+
+
+class RecordingTranscriber(BatchTranscriber):
+    """``BatchTranscriber`` that records which files shared each packed window."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.neighbours: dict[str, set[str]] = defaultdict(set)
+
+    def _finish_packed(self, results, packed, outcome):
+        names = {item.key[0] for item in packed.items}
+        for name in names:
+            self.neighbours[name] |= names - {name}
+        return super()._finish_packed(results, packed, outcome)
+
+
+def file_texts(results, names) -> dict[str, str]:
+    """Transcript per file name from chunk results keyed ``(name, chunk index)``."""
+    pieces: dict[str, list] = defaultdict(list)
+    for result in results:
+        name, index = result.key
+        pieces[name].append((index, " ".join(s.text for s in result.segments)))
+    return {name: " ".join(t for _, t in sorted(pieces[name]) if t) for name in names}
+
+
+def words(text: str) -> Counter:
+    """Bag of normalized words."""
+    from whisper_pipeline.evaluation import normalize
+
+    return Counter(normalize(text).split())
+
+
+def compare(inputs, packed_texts, alone_texts, neighbours) -> tuple[list[dict], int, int]:
+    """Per-file foreign and lost words; returns ``(rows, foreign total, lost total)``."""
+    references = {item.name: item.reference or "" for item in inputs}
+    rows, foreign_total, lost_total = [], 0, 0
+    for name, others in sorted(neighbours.items()):
+        own = words(references[name]) | words(alone_texts[name])
+        elsewhere = Counter()
+        for other in others:
+            elsewhere |= words(references[other]) | words(alone_texts[other])
+        packed = words(packed_texts[name])
+        foreign = sorted(w for w in packed if w not in own and w in elsewhere)
+        kept = words(references[name]) & words(alone_texts[name])
+        lost = sorted((kept - packed).elements()) if references[name] else []
+        foreign_total += len(foreign)
+        lost_total += len(lost)
+        if foreign or lost:
+            rows.append(
+                {
+                    "file": name,
+                    "foreign": foreign,
+                    "lost": lost,
+                    "packed": packed_texts[name],
+                    "alone": alone_texts[name],
+                    "neighbours": sorted(others),
+                }
+            )
+    return rows, foreign_total, lost_total
+
+
+def main() -> None:
+    """Run both input sets packed and unpacked; print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", default="corpus,many-short")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--short-clips", type=int, default=120)
+    args = parser.parse_args()
+    config = ModelConfig(str(bundled_model_path()), False, "cpu", "int8", 0, 0, 5, 8)
+    model = load_pipeline_model(config)
+    table, details = [], {}
+    for input_set in args.inputs.split(","):
+        inputs = load_input_set(input_set, None, args.short_clips, args.out)
+        chunks, _ = prepare_chunks(inputs, model.feature_extractor)
+        names = [item.name for item in inputs]
+        runs = {}
+        for pack in (True, False):
+            transcriber = RecordingTranscriber(model, DecodingOptions(pack_windows=pack))
+            started = time.perf_counter()
+            results = transcriber.transcribe(chunks)
+            runs[pack] = (
+                file_texts(results, names),
+                time.perf_counter() - started,
+                transcriber,
+            )
+        (packed_texts, packed_s, packer), (alone_texts, alone_s, _) = runs[True], runs[False]
+        rows, foreign, lost = compare(inputs, packed_texts, alone_texts, packer.neighbours)
+        details[input_set] = rows
+        table.append(
+            f"| {input_set} | {len(inputs)} | {len(packer.neighbours)} | {foreign} | {lost} | "
+            f"{100 * corpus_wer(inputs, packed_texts):.1f}% | "
+            f"{100 * corpus_wer(inputs, alone_texts):.1f}% | {packed_s:.1f} | {alone_s:.1f} |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "packing_attribution.json").write_text(json.dumps(details, indent=1))
+    print(
+        "| input set | files | files packed | foreign words | lost words | WER packed | "
+        "WER unpacked | packed s | unpacked s |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+    )
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
