@@ -270,7 +270,8 @@ def test_two_workers_decode_batches_concurrently_with_the_same_text(model, input
     single = BatchTranscriber(model, options)
     assert texts(concurrent.transcribe(inputs)) == texts(single.transcribe(inputs))
     assert peak == 2, "batches never overlapped"
-    assert concurrent.generate_calls == single.generate_calls
+    # Batches are split between free workers, but still hold several chunks each.
+    assert concurrent.generate_calls < len(inputs)
 
 
 @pytest.mark.slow  # the real model, batched and sequential, on seven clips

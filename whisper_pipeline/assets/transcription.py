@@ -205,7 +205,7 @@ def preprocess_shard(
 WAVE_BATCHES = 8
 """Batches of chunks in a wave (``core.staging.chunk_waves``), the unit a transcription step
 reads and holds (at most two waves at once, ``BatchTranscriber.transcribe_waves``): enough
-for every CTranslate2 worker to have several batches per seek round, few enough that the
+for every CTranslate2 worker to have several batches in hand, few enough that the
 feature pages a step keeps resident do not grow with the shard."""
 
 

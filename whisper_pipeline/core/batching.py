@@ -58,7 +58,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_SEEK_ROUNDS = 8
-"""Continuation rounds per chunk; a 30 s chunk rarely needs more than two."""
+"""Windows decoded per chunk at most (its first and its continuations); a 30 s chunk rarely
+needs more than two."""
 
 MIN_CONTINUATION_FRAMES = 30
 """Remainders shorter than 0.3 s after a seek are not decoded again (too short for a word)."""
@@ -74,7 +75,7 @@ MAX_TOKENS_PER_SECOND = 12.0
 pass the quality checks have 6.6 tokens/s (timestamps included) once past a second or two, and
 the rows that run to Whisper's 224-token limit on a 5 s window (44 tokens/s) are repetition
 loops that fail the compression-ratio check anyway. A legitimate row that reaches the cap is
-continued from its last timestamp in the next round, like any window Whisper leaves unfinished,
+continued from its last timestamp in a later batch, like any window Whisper leaves unfinished,
 so the cap bounds the cost of loops without cutting text."""
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -108,8 +109,8 @@ class DecodingOptions:
         max_initial_timestamp_s: Latest allowed first timestamp, in seconds.
         language: ISO 639-1 code; ``None`` detects the language per chunk (multilingual models).
         batch_size: Chunks per first-pass ``generate`` call.
-        fallback_batch_size: Rows per temperature-fallback call, gathered from every batch of
-            a round; ``None`` uses ``batch_size``, at most ``CPU_FALLBACK_BATCH`` on CPU.
+        fallback_batch_size: Rows per temperature-fallback call, gathered from every batch;
+            ``None`` uses ``batch_size``, at most ``CPU_FALLBACK_BATCH`` on CPU.
         max_tokens_per_second: Token budget of a ``generate`` call: ``MAX_TOKENS_BASE`` plus
             this many tokens per second of its longest window, within the model's own limit;
             ``None`` leaves only the model's limit (448 with the prompt, as faster-whisper).
@@ -540,7 +541,7 @@ class BatchTranscriber:
         """Attribute a packed window's text to its chunks (``core.packing``).
 
         Returns:
-            ``(alone, unfinished)``: windows of the chunks to decode alone next round, and the
+            ``(alone, unfinished)``: windows of the chunks to decode alone, and the
             chunks past the window's last complete segment (Whisper left them for a next
             window), to pack again. A chunk is decoded alone when the window failed (model
             error, quality checks, silence), when its words or a neighbour's are doubtful

@@ -15,7 +15,7 @@ What can go wrong, and what is done about it:
   two neighbours are decoded alone.
 - Whisper leaves the window's last utterance for "the next window" (it ends on a lone start
   timestamp): chunks past the last complete segment are packed again, once, with the other
-  unfinished chunks of the round; a chunk left unfinished twice is decoded alone.
+  unfinished chunks at hand; a chunk left unfinished twice is decoded alone.
 - A hard or silent chunk: the window's quality checks fail, and all its chunks are decoded
   alone, so one chunk never sends the others to temperature fallback or silences them.
 """
