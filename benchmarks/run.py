@@ -22,10 +22,11 @@ another model directory), device and compute type, and beam size 5:
 4. **Dagster partition via CLI**: the whole partition materialized with
    ``dagster asset materialize`` (multiprocess executor, manifest asset, sharded preprocessing,
    batched transcription, Parquet tables and asset checks) on a temporary storage root.
-5. **core without window packing** (ablation of 3): the same, ``pack_windows=False``: every
-   chunk gets a 30 s encoder window of its own, as before packing (``core.packing``).
+5. **core with window packing** (ablation of 3): the same, ``pack_windows=True``: chunks under
+   10 s from many files share 30 s encoder windows (``core.packing``; off by default, see
+   ``RESULTS.md``).
 
-Methods 3 and 4 run with the pipeline's defaults (word timestamps on, window packing on).
+Methods 3 and 4 run with the pipeline's defaults (word timestamps on, window packing off).
 
 Each method runs in a fresh worker subprocess, so imports, model load and peak memory are measured
 per method. Input sets: ``corpus`` (every file of ``../shared/corpus/manifest.csv``, or of
@@ -84,7 +85,7 @@ METHODS = {
     2: "faster-whisper batched",
     3: "pipeline core in-process",
     4: "Dagster partition via CLI",
-    5: "core without window packing",
+    5: "core with window packing",
 }
 SENTENCE_SEED = 20261120
 MIN_WORDS, MAX_WORDS = 6, 20
@@ -476,7 +477,7 @@ def prepare_chunks(inputs: list[AudioInput], feature_extractor) -> tuple[list, d
     return chunk_inputs, errors
 
 
-def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool = True) -> dict:
+def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool = False) -> dict:
     """Method 3: the project's core (decode, VAD-split, featurize, cross-file batches).
 
     Returns:
@@ -695,7 +696,7 @@ def run_worker(args: argparse.Namespace) -> int:
     elif args.worker == 3:
         result = run_core(inputs, config)
     elif args.worker == 5:
-        result = run_core(inputs, config, pack_windows=False)
+        result = run_core(inputs, config, pack_windows=True)
     else:
         result = run_dagster_cli(inputs, config, Path(payload["log_path"]))
     if args.worker == 4:

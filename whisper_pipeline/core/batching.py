@@ -118,7 +118,8 @@ class DecodingOptions:
         pack_windows: Lay chunks shorter than ``PACK_MAX_ITEM_FRAMES`` from any files one after
             another in shared 30 s windows (``core.packing``) when the language is known
             (given, or an English-only model): Whisper's encoder costs a full 30 s window
-            whatever the chunk's length. On by default (``benchmarks/RESULTS.md``).
+            whatever the chunk's length. Off by default: a misattribution remains
+            (``benchmarks/RESULTS.md``).
     """
 
     beam_size: int = 5
@@ -134,7 +135,7 @@ class DecodingOptions:
     fallback_batch_size: int | None = None
     max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
     word_timestamps: bool = True
-    pack_windows: bool = True
+    pack_windows: bool = False
 
     def cache_key_fields(self) -> dict:
         """The options that change the text (batch sizes do not), for result-cache keys."""
