@@ -460,3 +460,30 @@ def test_packed_clips_that_say_the_same_words_keep_their_own(corpus, model):
         text = texts(transcriber.transcribe(order))
         spoken = {name: normalize(text[name]).replace(" ", "") for name in names}
         assert set(spoken.values()) == {"123"}, text
+
+
+def test_doubtful_chunks_flag_words_that_may_belong_to_a_neighbour():
+    from whisper_pipeline.core.packing import assign_words, doubtful_chunks
+
+    spans = [(0.0, 2.0), (2.5, 4.5), (5.0, 7.0), (7.5, 9.5), (10.0, 12.0)]
+
+    def word(text, start, end, probability=0.9):
+        return {"word": text, "start": start, "end": end, "probability": probability}
+
+    def doubtful(words):
+        piece = {"start": 0.0, "end": 12.0, "tokens": []}
+        return doubtful_chunks(spans, assign_words([piece], [words], spans))
+
+    clean = [word("a", 0.2, 1.8), word("b", 2.7, 4.3), word("c", 5.2, 6.8), word("d", 7.6, 9.4)]
+    assert doubtful(clean) == set()
+    # Unlikely words, or words covering under half the chunk: it and both neighbours.
+    assert doubtful([word("a", 0.2, 1.8), word("b", 2.7, 4.3, 0.2)]) == {0, 1, 2}
+    assert doubtful([word("a", 0.2, 1.8), word("b", 2.7, 3.0)]) == {0, 1, 2}
+    # A word aligned across the gap before its chunk: it and the one before.
+    assert doubtful([word("a", 0.2, 1.8), word("b", 2.2, 4.3), word("c", 5.2, 6.8)]) == {0, 1}
+    # A word reaching into the next chunk's gap by more than half a second: it and the next.
+    assert doubtful([word("c", 5.2, 7.6), word("d", 7.9, 9.4)]) == {2, 3}
+    # Two words in a row aligned to no time: squeezed in where nobody said them.
+    squeezed = [word("d", 7.6, 8.0), word("e", 8.0, 8.0), word("f", 8.0, 8.0), word("g", 8, 9.4)]
+    assert doubtful(squeezed) == {2, 3, 4}
+    assert doubtful([word("d", 7.6, 8.0), word("e", 8.0, 8.0), word("g", 8.1, 9.4)]) == set()

@@ -58,6 +58,11 @@ next chunk across the 0.5 s gap. The alignment of a chunk's last word spills pas
 0.12 s on 120 short clips, but up to 1.5 s on the corpus's natural speech); 0.2 s made 5 more
 corpus chunks be decoded alone and packing 4% slower than none (``benchmarks/RESULTS.md``)."""
 
+PACK_ZERO_WORD_S = 0.005
+"""A word aligned to less than this (seconds) has no audio of its own; two such words in a row
+in a chunk are doubtful: words the alignment squeezed in where no one said them (found on a clip
+given its neighbour's "1. 2. 3." at zero duration)."""
+
 Span = tuple[float, float]
 """Where a chunk lies in its packed window: ``(start, end)`` in seconds from the window start."""
 
@@ -210,7 +215,9 @@ def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict
     side when one of its words starts ``PACK_EARLY_WORD_S`` before it or ends ``PACK_LATE_WORD_S``
     after it: a word aligned across a gap, which by its midpoint may have gone to the wrong side
     (found on two clips saying the same "one, two, three": "1, 2," and "3, 1, 2, 3"). A chunk
-    two away is past a whole chunk and two gaps, out of reach of an alignment's drift.
+    two away is past a whole chunk and two gaps, out of reach of an alignment's drift. Two
+    words in a row aligned to no time (``PACK_ZERO_WORD_S``) make a chunk doubtful with both
+    neighbours.
 
     Args:
         spans: Each chunk's ``(start, end)`` in the window, seconds.
@@ -234,4 +241,7 @@ def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict
             doubtful.update({index - 1, index})
         if max(word["end"] for word in words) > span[1] + PACK_LATE_WORD_S:
             doubtful.update({index, index + 1})
+        empty = [word["end"] - word["start"] < PACK_ZERO_WORD_S for word in words]
+        if any(a and b for a, b in zip(empty, empty[1:], strict=False)):
+            doubtful.update({index - 1, index, index + 1})
     return {index for index in doubtful if 0 <= index < len(spans)}
