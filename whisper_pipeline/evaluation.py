@@ -1,5 +1,7 @@
 """Transcript accuracy against references, shared by the tests and the benchmarks."""
 
+import functools
+
 
 def english_wer(references: list[str], hypotheses: list[str]) -> float:
     """Corpus WER after OpenAI Whisper's English text normalizer on both sides.
@@ -21,9 +23,15 @@ def english_wer(references: list[str], hypotheses: list[str]) -> float:
 
 def normalize(text: str) -> str:
     """OpenAI Whisper's English text normalizer (``whisper-normalizer``, a dev extra)."""
+    return _english_normalizer()(text)
+
+
+@functools.cache
+def _english_normalizer():
+    """One ``EnglishTextNormalizer`` per process: building it loads its spelling map."""
     from whisper_normalizer.english import EnglishTextNormalizer
 
-    return EnglishTextNormalizer()(text)
+    return EnglishTextNormalizer()
 
 
 def _word_key(word: str) -> str:

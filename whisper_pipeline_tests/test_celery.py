@@ -36,6 +36,7 @@ from whisper_pipeline_tests.conftest import (
     plan_config,
     planned_and_cached,
 )
+from whisper_pipeline_tests.tables import assert_each_file_once
 
 pytestmark = pytest.mark.slow  # the real model through the Dagster CLI, and Celery workers
 
@@ -172,23 +173,7 @@ def table_rows(root: Path) -> list[tuple]:
 
 
 def assert_one_row_per_file(root: Path) -> None:
-    tables = {
-        name: f"read_parquet('{root}/tables/{name}/*/*.parquet')"
-        for name in ("audio_files", "transcripts", "transcript_segments")
-    }
-    files = duckdb.sql(f"select relative_path, status from {tables['audio_files']}").fetchall()
-    assert sorted(p for p, _ in files) == sorted(Path(c).name for c in CLIPS)
-    assert {s for _, s in files} == {"ok"}
-    ((transcripts, distinct, empty),) = duckdb.sql(
-        "select count(*), count(distinct file_id), count(*) filter (text = '')"
-        f" from {tables['transcripts']}"
-    ).fetchall()
-    assert transcripts == distinct == len(CLIPS) and empty == 0
-    ((segments, distinct_segments),) = duckdb.sql(
-        "select count(*), count(distinct (file_id, segment_index))"
-        f" from {tables['transcript_segments']}"
-    ).fetchall()
-    assert segments == distinct_segments > 0
+    assert_each_file_once(root, PARTITION, [Path(clip).name for clip in CLIPS])
 
 
 def test_missing_or_misspelt_environment_fails_clearly():

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus
@@ -21,6 +20,7 @@ from whisper_pipeline_tests.conftest import (
     materialize_cli,
     planned_and_cached,
 )
+from whisper_pipeline_tests.tables import assert_each_file_once
 
 pytestmark = pytest.mark.slow  # the real model through the Dagster CLI
 
@@ -104,22 +104,5 @@ def test_sigkill_mid_transcription_then_rerun(corpus, tmp_path, home):
     assert cached == cached_before_rerun > 0  # finished work is not redone
     assert planned + cached == len(list(landing.rglob("*"))) - 1  # every distinct file, once
 
-    tables = {
-        name: f"read_parquet('{root}/tables/{name}/*/*.parquet')"
-        for name in ("audio_files", "transcripts", "transcript_segments")
-    }
-    files = duckdb.sql(f"select relative_path, status from {tables['audio_files']}").fetchall()
-    assert sorted(p for p, _ in files) == sorted(
-        f"long/{p.name}" for p in (corpus / "long").iterdir()
-    )
-    assert {s for _, s in files} == {"ok"}
-    ((transcripts, distinct, empty),) = duckdb.sql(
-        "select count(*), count(distinct file_id), count(*) filter (text = '')"
-        f" from {tables['transcripts']}"
-    ).fetchall()
-    assert transcripts == distinct == len(files) and empty == 0
-    ((segments, distinct_segments),) = duckdb.sql(
-        "select count(*), count(distinct (file_id, segment_index))"
-        f" from {tables['transcript_segments']}"
-    ).fetchall()
-    assert segments == distinct_segments > 0
+    long_files = [f"long/{path.name}" for path in (corpus / "long").iterdir()]
+    assert_each_file_once(root, PARTITION, long_files)

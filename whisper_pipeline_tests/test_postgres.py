@@ -25,6 +25,7 @@ from whisper_pipeline.landing import LOOKBACK_ENV
 from whisper_pipeline.placement import GPU_POOL
 from whisper_pipeline.sensors import PID_TAG
 from whisper_pipeline_tests.conftest import REPOSITORY, materialize_cli, planned_and_cached
+from whisper_pipeline_tests.tables import TABLES, assert_each_file_once, read_tables
 from whisper_pipeline_tests.test_crash import wait_for
 from whisper_pipeline_tests.test_dead_runs import FIRST_RUN_FILES, linux_only, stop
 
@@ -34,7 +35,6 @@ PARTITION = "2026-11-18"
 SHORT_CLIPS = ("jfk.flac", "lj001_0001.wav", "lj001_0002.wav")
 """About 23 s of speech: a quick partition, three files in one shard."""
 
-TABLES = ("audio_files", "transcripts", "transcript_segments")
 DEAD_RUN_BOUND_S = 120
 """Daemon start to the dead run marked failed: the daemon's and its code server's start on 2
 busy cores, then the sensor's first tick (its 36 s bound applies to a daemon already up)."""
@@ -113,30 +113,6 @@ def events(database, run_id: str, event_type: dg.DagsterEventType) -> list[tuple
 
 def is_transcription(step_key: str | None) -> bool:
     return bool(step_key and re.search(r"\btranscribe_shard\[\w+\]$", step_key))
-
-
-def read_tables(root, partition: str) -> dict[str, str]:
-    return {
-        name: f"read_parquet('{root}/tables/{name}/date={partition}/*.parquet')" for name in TABLES
-    }
-
-
-def assert_each_file_once(root, partition: str, relative_paths: list[str]) -> None:
-    """Every landed file has one ``ok`` row, one non-empty transcript and unique segments."""
-    tables = read_tables(root, partition)
-    files = duckdb.sql(f"select relative_path, status from {tables['audio_files']}").fetchall()
-    assert sorted(path for path, _ in files) == sorted(relative_paths)
-    assert {status for _, status in files} == {"ok"}
-    ((transcripts, distinct, empty),) = duckdb.sql(
-        "select count(*), count(distinct file_id), count(*) filter (text = '')"
-        f" from {tables['transcripts']}"
-    ).fetchall()
-    assert transcripts == distinct == len(relative_paths) and empty == 0
-    ((segments, distinct_segments),) = duckdb.sql(
-        "select count(*), count(distinct (file_id, segment_index))"
-        f" from {tables['transcript_segments']}"
-    ).fetchall()
-    assert segments == distinct_segments > 0
 
 
 def test_cli_run_is_recorded_in_postgres(corpus, tmp_path, postgres_home, database):
