@@ -487,3 +487,63 @@ def test_doubtful_chunks_flag_words_that_may_belong_to_a_neighbour():
     squeezed = [word("d", 7.6, 8.0), word("e", 8.0, 8.0), word("f", 8.0, 8.0), word("g", 8, 9.4)]
     assert doubtful(squeezed) == {2, 3, 4}
     assert doubtful([word("d", 7.6, 8.0), word("e", 8.0, 8.0), word("g", 8.1, 9.4)]) == set()
+
+
+def test_chunks_sharing_a_segment_are_packed_again():
+    from whisper_pipeline.core.packing import assign_words, doubtful_chunks, split_segments
+
+    # Three encodings of one "one, two, three" clip and a fourth clip, as packed through the
+    # CLI on the corpus (window times in seconds, words as the alignment timed them). Whisper
+    # wrote one segment across all three; the alignment moved the middle clip's "3" into the
+    # last clip, where it came out "3, 1, 2, 3". No word is unlikely, early, late or squeezed,
+    # so only the shared segment tells.
+    spans = [(18.27, 21.01), (21.51, 24.25), (24.75, 27.49), (27.99, 29.77)]
+    timed = [
+        ("1,", 18.78, 19.46, 0.55), ("2,", 19.46, 20.14, 0.98), ("3,", 20.52, 21.42, 1.0),
+        ("1,", 21.68, 22.36, 0.98), ("2,", 23.64, 23.84, 0.98), ("3,", 24.84, 25.06, 0.95),
+        ("1,", 25.06, 25.06, 0.55), ("2,", 25.76, 26.42, 0.92), ("3", 26.66, 27.46, 0.99),
+    ]  # fmt: skip
+    words = [{"word": w, "start": s, "end": e, "probability": p} for w, s, e, p in timed]
+    shared_piece = {"start": 18.0, "end": 28.0, "tokens": []}
+    own_piece = {"start": 28.0, "end": 29.8, "tokens": []}
+    own_words = [{"word": "Then", "start": 28.2, "end": 29.5, "probability": 0.9}]
+    assigned = assign_words([shared_piece, own_piece], [words, own_words], spans)
+    assert ["".join(w["word"] for _, g in pairs for w in g) for pairs in assigned] == [
+        "1,2,3,", "1,2,", "3,1,2,3", "Then"
+    ]  # fmt: skip
+    assert doubtful_chunks(spans, assigned) == set()
+    # Its timestamps also reach the fourth clip, which may have lost a word to it.
+    assert split_segments(spans, assigned) == {0, 1, 2, 3}
+    # One segment per chunk: nothing to pack again.
+    pieces = [{"start": s, "end": e, "tokens": []} for s, e in spans]
+    per_chunk = [[words[0]], [words[3]], [words[7]], own_words]
+    assert split_segments(spans, assign_words(pieces, per_chunk, spans)) == set()
+    # Without word timings a segment goes whole to one chunk: never shared.
+    assert split_segments(spans, assign_words([shared_piece], None, spans)) == set()
+    # One segment per word, on a one-second grid, and the alignment moving a "3." timed at
+    # 12-13 s to 13.8 s, into the next clip (the same clips in another order).
+    spans = [(10.41, 13.15), (13.65, 16.39)]
+    pieces = [
+        {"start": 12.0, "end": 13.0, "tokens": []},
+        {"start": 13.0, "end": 14.0, "tokens": []},
+    ]
+    moved = [[{"word": "3.", "start": 13.78, "end": 14.28, "probability": 0.93}],
+             [{"word": "1.", "start": 14.28, "end": 14.28, "probability": 0.01}]]  # fmt: skip
+    assigned = assign_words(pieces, moved, spans)
+    assert [len(pairs) for pairs in assigned] == [0, 2]
+    assert split_segments(spans, assigned) == {0, 1}
+    # A "3." said again at probability 0.0, timed 12-13 s and aligned to the next clip's
+    # first 0.04 s: the next clip's eight likely words keep its mean probability high.
+    spans = [(9.86, 12.6), (13.1, 15.68)]
+    pieces = [{"start": s, "end": s + 1.0, "tokens": []} for s in (11.0, 12.0, 13.0)]
+    said = "Then in the same operations with ugly ones.".split()
+    then = [
+        {"word": w, "start": 13.14 + 0.3 * i, "end": 13.4 + 0.3 * i, "probability": 0.95}
+        for i, w in enumerate(said)
+    ]
+    timed = [[{"word": "3.", "start": 11.92, "end": 12.29, "probability": 0.93}],
+             [{"word": "3.", "start": 13.08, "end": 13.14, "probability": 0.0}], then]  # fmt: skip
+    assigned = assign_words(pieces, timed, spans)
+    assert [len(pairs) for pairs in assigned] == [1, 2]
+    assert split_segments(spans, assigned) == set()
+    assert doubtful_chunks(spans, assigned) == {0, 1}

@@ -51,6 +51,7 @@ from whisper_pipeline.core.packing import (
     assign_words,
     doubtful_chunks,
     pack_chunks,
+    split_segments,
 )
 
 logger = logging.getLogger(__name__)
@@ -326,7 +327,8 @@ class _Queue:
         windows: Windows waiting for a first pass.
         retries: Rows waiting for temperature fallback.
         decoded: Windows decoded so far per chunk (``MAX_SEEK_ROUNDS`` bounds it).
-        repacked: Chunks already packed again after a packed window left them unfinished.
+        repacked: Chunks already packed again (a packed window left them unfinished, or they
+            shared a segment with a neighbour).
     """
 
     def __init__(self, transcriber: "BatchTranscriber", refill: int):
@@ -394,8 +396,8 @@ class _Queue:
                     self.retries.append(outcome)
                 else:
                     following += transcriber._finish(results[window.chunk.key], window, outcome)
-        # Chunks a packed window left unfinished share new windows, once; a chunk left
-        # unfinished again is decoded alone.
+        # Chunks a packed window left unfinished, or that shared a segment, share new
+        # windows once; a chunk that comes back again is decoded alone.
         twice = [chunk for chunk in unfinished if chunk.key in self.repacked]
         again = [chunk for chunk in unfinished if chunk.key not in self.repacked]
         self.repacked.update(chunk.key for chunk in again)
@@ -542,12 +544,14 @@ class BatchTranscriber:
         """Attribute a packed window's text to its chunks (``core.packing``).
 
         Returns:
-            ``(alone, unfinished)``: windows of the chunks to decode alone, and the
-            chunks past the window's last complete segment (Whisper left them for a next
-            window), to pack again. A chunk is decoded alone when the window failed (model
+            ``(alone, unfinished)``: windows of the chunks to decode alone, and the chunks
+            to pack again: those past the window's last complete segment (Whisper left them
+            for a next window) and those whose text Whisper's segments do not
+            confirm (``split_segments``). A chunk is decoded alone when the window failed (model
             error, quality checks, silence), when its words or a neighbour's are doubtful
-            (``doubtful_chunks``), when it got no text (never silence a chunk for its
-            neighbours' sake), or when its own text is too repetitive.
+            (``doubtful_chunks``), when it or a neighbour got no text (never silence a chunk
+            for its neighbours' sake; its words may have gone to a neighbour), or when its
+            own text is too repetitive.
         """
         items = packed.items
         if outcome is UNPACK or isinstance(outcome, str):
@@ -569,6 +573,11 @@ class BatchTranscriber:
             complete_s = min(complete_s, max(p["end"] for p in pieces) + slack_s)
         assigned = assign_words(pieces, decoded.words, spans)
         doubtful = doubtful_chunks(spans, assigned)
+        # A complete chunk that got no text may have lost its words to a neighbour.
+        for index, (_, end_s) in enumerate(spans):
+            if end_s <= complete_s and not assigned[index]:
+                doubtful.update(i for i in (index - 1, index + 1) if 0 <= i < len(items))
+        shared = split_segments(spans, assigned)
         alone, unfinished = [], []
         for index, item in enumerate(items):
             start_s, end_s = spans[index]
@@ -576,8 +585,8 @@ class BatchTranscriber:
                 self.unpacked["doubtful words"] += 1
                 alone.append(_Window(item, 0))
                 continue
-            if end_s > complete_s:
-                self.unpacked["unfinished"] += 1
+            if end_s > complete_s or index in shared:
+                self.unpacked["unfinished" if end_s > complete_s else "shared segment"] += 1
                 unfinished.append(item)
                 continue
             segments = self._packed_segments(item, start_s, assigned[index], decoded)

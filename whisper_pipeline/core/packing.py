@@ -13,6 +13,12 @@ What can go wrong, and what is done about it:
 - Whisper skips a chunk, and the alignment puts a neighbour's first word in its span. Such a
   chunk's words are unlikely or cover little of its speech (``doubtful_chunks``); it and its
   two neighbours are decoded alone.
+- Whisper does not end a segment at a gap, or times a segment apart from its words, and only
+  the alignment says which chunk a word belongs to (wrongly, on repetitive speech, with no
+  other sign): those chunks are packed again once, beside other chunks, and decoded alone if
+  it happens again (``split_segments``).
+- A chunk gets no text: a neighbour may have taken its words; both neighbours are decoded
+  alone with it.
 - Whisper leaves the window's last utterance for "the next window" (it ends on a lone start
   timestamp): chunks past the last complete segment are packed again, once, with the other
   unfinished chunks at hand; a chunk left unfinished twice is decoded alone.
@@ -62,6 +68,10 @@ PACK_ZERO_WORD_S = 0.005
 """A word aligned to less than this (seconds) has no audio of its own; two such words in a row
 in a chunk are doubtful: words the alignment squeezed in where no one said them (found on a clip
 given its neighbour's "1. 2. 3." at zero duration)."""
+
+PACK_SEGMENT_REACH_S = 0.25
+"""How far past its timestamps (seconds) a segment reaches a chunk (``split_segments``): half
+of the 0.5 s gap, so a segment timed into the gap still reaches only the chunk beside it."""
 
 Span = tuple[float, float]
 """Where a chunk lies in its packed window: ``(start, end)`` in seconds from the window start."""
@@ -205,6 +215,65 @@ def assign_words(
     return assigned
 
 
+def split_segments(spans: list[Span], assigned: list[list[tuple[dict, list[dict]]]]) -> set[int]:
+    """Chunks whose text only the words' alignment placed: Whisper's segments do not confirm it.
+
+    That is a segment whose words went to two or more chunks (Whisper did not end it at the
+    gap between them), or to a chunk its own timestamps do not reach within half a gap. There
+    only the alignment says which chunk a word belongs to, and on repetitive speech it says it
+    wrong with no other sign. Found on three clips saying "one, two, three": in one segment
+    they came out "1, 2, 3", "1, 2," and "3, 1, 2, 3", every word likely, none early, late or
+    zero-length; with one segment per word, the "3." Whisper timed at 12-13 s was aligned at
+    13.8 s, into the next clip. On distinct speech the alignment is usually right, so such
+    chunks are packed again once, beside other chunks, and decoded alone if it happens again.
+
+    Args:
+        spans: Each chunk's ``(start, end)`` in the window, seconds.
+        assigned: ``assign_words``'s result for the window.
+
+    Returns:
+        Indices of the chunks whose words the segments do not confirm, and of the chunks those
+        segments' timestamps reach.
+    """
+    shared = set()
+    for _, owners, reached, _ in _segment_chunks(spans, assigned):
+        if len(owners) > 1 or not owners <= reached:
+            shared |= owners | reached
+    return shared
+
+
+def _segment_chunks(
+    spans: list[Span], assigned: list[list[tuple[dict, list[dict]]]]
+) -> list[tuple[dict, set[int], set[int], list[dict]]]:
+    """The chunks each segment with timed words touches.
+
+    Returns:
+        Per segment: ``(segment, chunks its words went to, chunks its timestamps reach within
+        PACK_SEGMENT_REACH_S, its words)``.
+    """
+    found: dict[int, tuple[dict, set[int], list[dict]]] = {}
+    for index, pairs in enumerate(assigned):
+        for piece, words in pairs:
+            if words:
+                entry = found.setdefault(id(piece), (piece, set(), []))
+                entry[1].add(index)
+                entry[2].extend(words)
+    return [
+        (
+            piece,
+            owners,
+            {
+                index
+                for index, (start, end) in enumerate(spans)
+                if piece["start"] - PACK_SEGMENT_REACH_S < end
+                and piece["end"] + PACK_SEGMENT_REACH_S > start
+            },
+            words,
+        )
+        for piece, owners, words in found.values()
+    ]
+
+
 def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict]]]]) -> set[int]:
     """Chunks whose words may be someone else's, and the neighbours they may belong to.
 
@@ -217,7 +286,10 @@ def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict
     (found on two clips saying the same "one, two, three": "1, 2," and "3, 1, 2, 3"). A chunk
     two away is past a whole chunk and two gaps, out of reach of an alignment's drift. Two
     words in a row aligned to no time (``PACK_ZERO_WORD_S``) make a chunk doubtful with both
-    neighbours.
+    neighbours. A segment whose words' mean probability is below ``PACK_MIN_WORD_PROBABILITY``
+    makes every chunk it touches doubtful: a word Whisper was unsure of, at a chunk's edge, may
+    be a neighbour's word said again (found: a clip's "3." repeated at probability 0.0 and
+    aligned into the next clip, whose eight words kept its mean probability high).
 
     Args:
         spans: Each chunk's ``(start, end)`` in the window, seconds.
@@ -244,4 +316,7 @@ def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict
         empty = [word["end"] - word["start"] < PACK_ZERO_WORD_S for word in words]
         if any(a and b for a, b in zip(empty, empty[1:], strict=False)):
             doubtful.update({index - 1, index, index + 1})
+    for _, owners, reached, words in _segment_chunks(spans, assigned):
+        if sum(word["probability"] for word in words) / len(words) < PACK_MIN_WORD_PROBABILITY:
+            doubtful |= owners | reached
     return {index for index in doubtful if 0 <= index < len(spans)}
