@@ -1,6 +1,7 @@
 """Does window packing give any file a word of another file? Packed against unpacked, per file.
 
-    python -m benchmarks.packing_attribution [--inputs corpus,many-short] [--out benchmarks/out]
+    python -m benchmarks.packing_attribution [--inputs corpus,many-short] [--orders 10]
+                                             [--out benchmarks/out]
 
 Every input set is transcribed twice by ``BatchTranscriber`` with the pipeline's defaults and
 model: window packing on and off. For each file that shared a packed window, its packed
@@ -14,12 +15,22 @@ transcript's words are compared with the words of the files it shared a window w
 - WER of each run against the references.
 
 Words are compared after Whisper's English normalizer (``evaluation.normalize``), as bags.
+
+Vocabulary cannot tell clips that say the same words apart, so ``--orders N`` also transcribes
+the chunks packed in ``N`` random orders (seeds 1..N), in waves of 64 chunks as a transcription
+step reads them (which windows chunks share depends on the order), and counts *moved* words: a
+word a file gained against its unpacked transcript that a window neighbour lost against its own
+(the goal is 0; a recognition variant that happens to trade the same word counts too, so read
+the JSON).
+
 Input sets as in ``benchmarks/run.py``. Prints a Markdown table; the per-file differences go to
 ``OUT/packing_attribution.json``.
 """
 
 import argparse
 import json
+import random
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -95,12 +106,65 @@ def compare(inputs, packed_texts, alone_texts, neighbours) -> tuple[list[dict], 
     return rows, foreign_total, lost_total
 
 
+WAVE_CHUNKS = 64
+"""Chunks per wave in ``--orders`` runs: ``WAVE_BATCHES`` (8) batches of 8, as a step reads them."""
+
+
+NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve".split()
+    )
+}
+
+
+def plain_words(text: str) -> Counter:
+    """Bag of lower-case words, punctuation dropped, "one".."twelve" as digits.
+
+    Not Whisper's English normalizer: it turns "One, two, three." into "123" but "1, 2, 3"
+    into "one 2 3", so a word moved between two such clips would not match.
+    """
+    found = re.findall(r"[a-z0-9']+", text.lower())
+    return Counter(NUMBER_WORDS.get(word, word) for word in found)
+
+
+def moved_words(packed_texts, alone_texts, neighbours) -> list[dict]:
+    """Words a file gained (against unpacked) that a window neighbour lost; one row per file."""
+    rows = []
+    for name, others in sorted(neighbours.items()):
+        gained = plain_words(packed_texts[name]) - plain_words(alone_texts[name])
+        lost_nearby = Counter()
+        for other in others:
+            lost_nearby |= plain_words(alone_texts[other]) - plain_words(packed_texts[other])
+        moved = sorted((gained & lost_nearby).elements())
+        if moved:
+            rows.append({"file": name, "moved": moved, "packed": packed_texts[name],
+                         "alone": alone_texts[name], "neighbours": sorted(others)})  # fmt: skip
+    return rows
+
+
+def order_search(model, chunks, names, alone_texts, orders: int) -> tuple[list[dict], int]:
+    """Packed transcription of ``chunks`` in ``orders`` random orders; moved words per order."""
+    found, total = [], 0
+    for seed in range(1, orders + 1):
+        shuffled = list(chunks)
+        random.Random(seed).shuffle(shuffled)
+        waves = [shuffled[i : i + WAVE_CHUNKS] for i in range(0, len(shuffled), WAVE_CHUNKS)]
+        transcriber = RecordingTranscriber(model, DecodingOptions(pack_windows=True))
+        results = [r for done in transcriber.transcribe_waves(iter(waves)) for r in done]
+        rows = moved_words(file_texts(results, names), alone_texts, transcriber.neighbours)
+        total += sum(len(row["moved"]) for row in rows)
+        found += [dict(row, seed=seed) for row in rows]
+    return found, total
+
+
 def main() -> None:
     """Run both input sets packed and unpacked; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", default="corpus,many-short")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--short-clips", type=int, default=120)
+    parser.add_argument("--orders", type=int, default=0, help="random packing orders to search")
     args = parser.parse_args()
     config = ModelConfig(str(bundled_model_path()), False, "cpu", "int8", 0, 0, 5, 8)
     model = load_pipeline_model(config)
@@ -122,16 +186,20 @@ def main() -> None:
         (packed_texts, packed_s, packer), (alone_texts, alone_s, _) = runs[True], runs[False]
         rows, foreign, lost = compare(inputs, packed_texts, alone_texts, packer.neighbours)
         details[input_set] = rows
+        moved, moved_total = order_search(model, chunks, names, alone_texts, args.orders)
+        details[f"{input_set} orders"] = moved
         table.append(
             f"| {input_set} | {len(inputs)} | {len(packer.neighbours)} | {foreign} | {lost} | "
+            f"{moved_total} in {args.orders} | "
             f"{100 * corpus_wer(inputs, packed_texts):.1f}% | "
             f"{100 * corpus_wer(inputs, alone_texts):.1f}% | {packed_s:.1f} | {alone_s:.1f} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "packing_attribution.json").write_text(json.dumps(details, indent=1))
     print(
-        "| input set | files | files packed | foreign words | lost words | WER packed | "
-        "WER unpacked | packed s | unpacked s |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "| input set | files | files packed | foreign words | lost words | moved words, orders | "
+        "WER packed | WER unpacked | packed s | unpacked s |\n"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     )
     print("\n".join(table))
 

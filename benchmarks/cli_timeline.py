@@ -1,0 +1,83 @@
+"""Where a CLI partition's wall time goes: every step's launch, work, and what lies between.
+
+Materializes one partition of the corpus (or of the files in ``--inputs``) with
+``dagster asset materialize`` on a temporary storage root and instance, as ``benchmarks/run.py``'s
+method 4 does, then reads the run's event log: for each step, when the executor launched its
+process (``STEP_WORKER_STARTING``), when its code began (``STEP_START``) and when it ended
+(``STEP_SUCCESS``), in seconds from the command's start. Prints a Markdown table with the spans
+before the run's first event and after its last one (interpreter start-up and teardown).
+
+    python -m benchmarks.cli_timeline [--inputs DIR]
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.run import PARTITION, REPOSITORY, load_corpus
+from whisper_pipeline.commands import materialize_command
+
+MARKS = ("STEP_WORKER_STARTING", "STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
+
+
+def stage(landing: Path, inputs: Path | None) -> int:
+    """Copy the input audio into the partition's landing folder; returns the file count."""
+    if inputs is None:
+        files = [(Path(item.path), item.name) for item in load_corpus(None)]
+    else:
+        files = [(path, path.name) for path in sorted(inputs.iterdir()) if path.is_file()]
+    for source, name in files:
+        target = landing / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+    return len(files)
+
+
+def main() -> None:
+    """Run the partition once and print its timeline."""
+    from dagster import DagsterInstance
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=Path, help="a folder of audio instead of the corpus")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cli_timeline_") as tmp:
+        root, home = Path(tmp) / "root", Path(tmp) / "home"
+        count = stage(root / "raw" / PARTITION, args.inputs)
+        home.mkdir()
+        shutil.copy(REPOSITORY / "dagster.yaml", home)
+        env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
+        started = time.time()
+        subprocess.run(
+            materialize_command(PARTITION), env=env, cwd=REPOSITORY, check=True, capture_output=True
+        )
+        wall = time.time() - started
+        instance = DagsterInstance.from_config(str(home))
+        (run,) = instance.get_runs()
+        records = instance.all_logs(run.run_id)
+    steps: dict[str, dict[str, float]] = {}
+    for record in records:
+        event = record.dagster_event
+        if event is not None and event.step_key and event.event_type.value in MARKS:
+            steps.setdefault(event.step_key, {})[event.event_type.value] = (
+                record.timestamp - started
+            )
+    first = min(record.timestamp for record in records) - started
+    last = max(record.timestamp for record in records) - started
+    print(f"{count} files, `dagster asset materialize` {wall:.1f} s\n")
+    print("| span | launch s | work s | from s | to s |\n|---|--:|--:|--:|--:|")
+    print(f"| before the run's first event | | | 0.0 | {first:.1f} |")
+    for step, marks in sorted(steps.items(), key=lambda item: min(item[1].values())):
+        launch = marks.get("STEP_START", 0) - marks.get("STEP_WORKER_STARTING", 0)
+        end = marks.get("STEP_SUCCESS", marks.get("STEP_FAILURE", last))
+        work = end - marks.get("STEP_START", end)
+        begin = marks.get("STEP_WORKER_STARTING", marks.get("STEP_START", 0))
+        print(f"| `{step}` | {launch:.2f} | {work:.2f} | {begin:.1f} | {end:.1f} |")
+    print(f"| after the run's last event | | | {last:.1f} | {wall:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
