@@ -81,6 +81,8 @@ def test_run_config_root_reaches_every_consumer(published, tmp_path, monkeypatch
     texts = {r["content_sha256"]: r["text"] for r in tables["transcripts"]}
     assert all(text == fake_text(sha, 0) for sha, text in texts.items())
     assert (published / "staging" / "audio_manifest" / f"date={PARTITION}").exists()
+    # Each run removed its staging folder when it published, and the empty partition folder.
+    assert not (published / "staging" / PARTITION).exists()
     assert list((published / "cache").rglob("*.json"))
 
 

@@ -138,6 +138,11 @@ def test_stale_run_folders_are_removed_and_active_ones_kept(tmp_path):
     left = sorted(p.name for p in (tmp_path / "staging" / "2026-11-20").iterdir())
     assert left == ["active", "mine", "unknown-new"]
     assert (manifest / "part-0.parquet").read_bytes() == b"keep"
+    # A partition folder with no run left in it goes too; the staged manifest stays.
+    states["active"] = RUN_ENDED
+    remove_stale_runs(store, lambda run_id: states.get(run_id, RUN_ENDED))
+    assert not (tmp_path / "staging" / "2026-11-20").exists()
+    assert (manifest / "part-0.parquet").read_bytes() == b"keep"
 
 
 def test_shard_writer_round_trips_through_chunk_waves(tmp_path):

@@ -36,6 +36,7 @@ from whisper_pipeline.core.staging import (
     chunk_waves,
     read_chunk_rows,
     read_results,
+    remove_run_dir,
     remove_stale_runs,
     write_results,
 )
@@ -375,8 +376,7 @@ def write_tables(
     yield dg.Output(transcripts, "transcripts", metadata=metadata)
     yield dg.Output(segments, "transcript_segments", metadata={"files": transcripts.num_rows})
     yield dg.Output(words, "transcript_words", metadata={"files": transcripts.num_rows})
-    if store.fs.exists(run_dir):
-        store.fs.rm(run_dir, recursive=True)
+    remove_run_dir(store, run_dir)
 
 
 def table_out(name: str) -> dg.AssetOut:

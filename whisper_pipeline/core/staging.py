@@ -377,9 +377,24 @@ def remove_stale_runs(
                 continue
             if state != RUN_ENDED and now - _newest_mtime(store, run_dir, now) < max_age_s:
                 continue
-            store.fs.rm(run_dir, recursive=True)
+            remove_run_dir(store, run_dir)
             removed.append(run_dir)
     return removed
+
+
+def remove_run_dir(store: Storage, run_dir: str) -> None:
+    """Remove a run's staging folder, and its partition's folder if that is left empty.
+
+    Object stores have no empty folders; on a local root the date folder is removed only when
+    empty (``rmdir`` refuses otherwise, so another run's folder is never touched).
+    """
+    if store.fs.exists(run_dir):
+        store.fs.rm(run_dir, recursive=True)
+    if store.is_local:
+        try:
+            os.rmdir(posixpath.dirname(run_dir.rstrip("/")))
+        except OSError:  # not empty (another run of the partition), or already gone
+            pass
 
 
 def _newest_mtime(store: Storage, directory: str, default: float) -> float:
