@@ -1,13 +1,14 @@
 """Where a CLI partition's wall time goes: every step's launch, work, and what lies between.
 
-Materializes one partition of the corpus (or of the files in ``--inputs``) with
+Materializes one partition of an input set of ``benchmarks/run.py`` (``corpus``, the default, or
+``many-short``: the 120 synthesized clips, cached under ``benchmarks/out/many_short/``) with
 ``dagster asset materialize`` on a temporary storage root and instance, as ``benchmarks/run.py``'s
 method 4 does, then reads the run's event log: for each step, when the executor launched its
 process (``STEP_WORKER_STARTING``), when its code began (``STEP_START``) and when it ended
 (``STEP_SUCCESS``), in seconds from the command's start. Prints a Markdown table with the spans
 before the run's first event and after its last one (interpreter start-up and teardown).
 
-    python -m benchmarks.cli_timeline [--inputs DIR]
+    python -m benchmarks.cli_timeline [--inputs corpus|many-short]
 """
 
 import argparse
@@ -18,23 +19,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import PARTITION, REPOSITORY, load_corpus
+from benchmarks.run import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
 from whisper_pipeline.commands import materialize_command
 
 MARKS = ("STEP_WORKER_STARTING", "STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
 
 
-def stage(landing: Path, inputs: Path | None) -> int:
-    """Copy the input audio into the partition's landing folder; returns the file count."""
-    if inputs is None:
-        files = [(Path(item.path), item.name) for item in load_corpus(None)]
-    else:
-        files = [(path, path.name) for path in sorted(inputs.iterdir()) if path.is_file()]
-    for source, name in files:
-        target = landing / name
+def stage(landing: Path, input_set: str) -> int:
+    """Copy an input set's audio into the partition's landing folder; returns the file count."""
+    inputs = load_input_set(input_set, None, 120, DEFAULT_OUT)
+    for item in inputs:
+        target = landing / item.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, target)
-    return len(files)
+        shutil.copy(item.path, target)
+    return len(inputs)
 
 
 def main() -> None:
@@ -42,7 +40,7 @@ def main() -> None:
     from dagster import DagsterInstance
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", type=Path, help="a folder of audio instead of the corpus")
+    parser.add_argument("--inputs", choices=INPUT_SETS, default="corpus")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cli_timeline_") as tmp:
         root, home = Path(tmp) / "root", Path(tmp) / "home"
