@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4,5]
+    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4,5,6]
                              [--out benchmarks/out]
                              [--limit N] [--short-clips 120] [--batch-size 8]
                              [--model DIR] [--device cpu] [--compute-type int8]
@@ -25,6 +25,8 @@ another model directory), device and compute type, and beam size 5:
 5. **core with window packing** (ablation of 3): the same, ``pack_windows=True``: chunks under
    10 s from many files share 30 s encoder windows (``core.packing``; off by default, see
    ``RESULTS.md``).
+6. **Dagster CLI with window packing** (ablation of 4): the same, with the ``whisper`` resource's
+   ``pack_windows: true`` in run config.
 
 Methods 3 and 4 run with the pipeline's defaults (word timestamps on, window packing off).
 
@@ -35,16 +37,17 @@ offline with Piper, cached under ``OUT/many_short/``).
 
 Reading the table:
 
-- *wall s*: methods 1-3, seconds inside the worker from just before the model load to the last
-  transcript (imports and interpreter start-up excluded); method 4, the whole CLI command (Python
-  and Dagster start-up, step processes, Parquet writes and checks included, which is the point).
+- *wall s*: methods 1-3 and 5, seconds inside the worker from just before the model load to the
+  last transcript (imports and interpreter start-up excluded); methods 4 and 6, the whole CLI
+  command (Python and Dagster start-up, step processes, Parquet writes and checks included,
+  which is the point).
 - *RTF*: real-time factor, wall seconds / audio seconds; lower is faster (0.1 = ten times faster
   than real time).
 - *speed-up vs 1*: method 1's wall time / this method's, same input set and invocation.
 - *WER*: corpus-level word error rate (Whisper English normalizer + jiwer) over the files that
   have an English reference; other files are transcribed and timed but not scored.
 - *peak RSS*: methods 1-3, the worker's own peak resident memory (``VmHWM``; see
-  ``peak_rss_self_mib`` for why not ``ru_maxrss``). Method 4 runs a process tree (CLI,
+  ``peak_rss_self_mib`` for why not ``ru_maxrss``). Methods 4 and 6 run a process tree (CLI,
   forkserver, one process per step); the figure is the largest peak of any single process in it
   (``getrusage(RUSAGE_CHILDREN)`` in the worker, which adopts and reaps the orphaned forkserver),
   labelled "max per process". The notes and the JSON add a sampled peak of the whole tree's
@@ -86,7 +89,10 @@ METHODS = {
     3: "pipeline core in-process",
     4: "Dagster partition via CLI",
     5: "core with window packing",
+    6: "Dagster CLI with window packing",
 }
+CLI_METHODS = (4, 6)
+"""Methods that run the Dagster CLI (process-tree memory, the transcription op's idle time)."""
 SENTENCE_SEED = 20261120
 MIN_WORDS, MAX_WORDS = 6, 20
 
@@ -582,8 +588,10 @@ class TreeMemorySampler(threading.Thread):
         return fallback_mib
 
 
-def run_dagster_cli(inputs: list[AudioInput], config: ModelConfig, log_path: Path) -> dict:
-    """Method 4: materialize one partition of every asset through the Dagster CLI.
+def run_dagster_cli(
+    inputs: list[AudioInput], config: ModelConfig, log_path: Path, pack_windows: bool = False
+) -> dict:
+    """Methods 4 and 6: materialize one partition of every asset through the Dagster CLI.
 
     The inputs are copied to ``ROOT/raw/<PARTITION>/<name>`` of a temporary storage root, with a
     temporary ``DAGSTER_HOME`` holding a copy of the repository's ``dagster.yaml``; the model
@@ -603,6 +611,7 @@ def run_dagster_cli(inputs: list[AudioInput], config: ModelConfig, log_path: Pat
         "num_workers": config.num_workers,
         "beam_size": config.beam_size,
         "batch_size": config.batch_size,
+        "pack_windows": pack_windows,
     }
     if config.model_given:
         whisper_config["model"] = config.model
@@ -669,7 +678,7 @@ RUN_METADATA = (
     "preprocess_peak_rss_mib",
     "transcribe_peak_rss_mib",
 )
-"""Metadata of the ``transcripts`` materialization the benchmark reports for method 4."""
+"""Metadata of the ``transcripts`` materialization the benchmark reports for methods 4 and 6."""
 
 
 def transcripts_metadata(dagster_home: Path) -> dict:
@@ -698,8 +707,9 @@ def run_worker(args: argparse.Namespace) -> int:
     elif args.worker == 5:
         result = run_core(inputs, config, pack_windows=True)
     else:
-        result = run_dagster_cli(inputs, config, Path(payload["log_path"]))
-    if args.worker == 4:
+        log_path = Path(payload["log_path"])
+        result = run_dagster_cli(inputs, config, log_path, pack_windows=args.worker == 6)
+    if args.worker in CLI_METHODS:
         result.update(peak_rss_mib=peak_rss_children_mib(), rss_scope="child")
     else:
         result.update(peak_rss_mib=peak_rss_self_mib(), rss_scope="process")
@@ -738,7 +748,7 @@ def run_method(
         str(result_file),
     ]
     completed = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, check=False)
-    if method != 4:  # method 4's worker writes the Dagster CLI's output there itself
+    if method not in CLI_METHODS:  # their workers write the Dagster CLI's output there
         log_path.write_text(completed.stdout + completed.stderr)
     if completed.returncode != 0 or not result_file.exists():
         return {"failed": f"worker exited with {completed.returncode}: {completed.stderr[-3000:]}"}
@@ -834,16 +844,16 @@ def markdown_table(rows: list[dict]) -> str:
             "(those with an English reference)."
         )
     for row in rows:
-        if row["method"] == 4 and "tree_peak_pss_mib" in row:
+        if row["method"] in CLI_METHODS and "tree_peak_pss_mib" in row:
             notes.append(
-                f"- {row['input_set']} / method 4: whole process tree peaked at "
+                f"- {row['input_set']} / method {row['method']}: whole process tree peaked at "
                 f"{row['tree_peak_pss_mib']:.0f} MiB PSS over up to {row['max_processes']} "
                 f"processes (sampled every 0.5 s; largest single process sampled at "
                 f"{row['sampled_max_process_rss_mib']:.0f} MiB RSS)."
             )
-        if row["method"] == 4 and "transcription_idle_fraction" in row:
+        if row["method"] in CLI_METHODS and "transcription_idle_fraction" in row:
             notes.append(
-                f"- {row['input_set']} / method 4: transcription op idle "
+                f"- {row['input_set']} / method {row['method']}: transcription op idle "
                 f"{row['transcription_idle_fraction']:.0%} of its "
                 f"{row['transcription_window_seconds']:.1f} s window (no transcription step "
                 f"running for {row['transcription_wait_seconds']:.1f} s of it; the first one "
@@ -919,7 +929,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", default="corpus,many-short", help="comma-separated sets")
-    parser.add_argument("--methods", default="1,2,3,4,5", help="comma-separated method numbers")
+    parser.add_argument("--methods", default="1,2,3,4,5,6", help="comma-separated method numbers")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     parser.add_argument("--limit", type=int, help="use only the first N files of each set")
     parser.add_argument("--short-clips", type=int, default=120, help="clips in many-short")
