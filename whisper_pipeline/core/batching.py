@@ -119,7 +119,8 @@ class DecodingOptions:
         pack_windows: Lay chunks shorter than ``PACK_MAX_ITEM_FRAMES`` from any files one after
             another in shared 30 s windows (``core.packing``) when the language is known
             (given, or an English-only model): Whisper's encoder costs a full 30 s window
-            whatever the chunk's length. Off by default: a misattribution remains
+            whatever the chunk's length. Off by default: much faster on short clips, but
+            slower on the corpus, whose short chunks often come back out of packed windows
             (``benchmarks/RESULTS.md``).
     """
 
@@ -572,11 +573,7 @@ class BatchTranscriber:
         if pieces:
             complete_s = min(complete_s, max(p["end"] for p in pieces) + slack_s)
         assigned = assign_words(pieces, decoded.words, spans)
-        doubtful = doubtful_chunks(spans, assigned)
-        # A complete chunk that got no text may have lost its words to a neighbour.
-        for index, (_, end_s) in enumerate(spans):
-            if end_s <= complete_s and not assigned[index]:
-                doubtful.update(i for i in (index - 1, index + 1) if 0 <= i < len(items))
+        doubtful = doubtful_chunks(spans, assigned, complete_s)
         shared = split_segments(spans, assigned)
         alone, unfinished = [], []
         for index, item in enumerate(items):

@@ -274,7 +274,11 @@ def _segment_chunks(
     ]
 
 
-def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict]]]]) -> set[int]:
+def doubtful_chunks(
+    spans: list[Span],
+    assigned: list[list[tuple[dict, list[dict]]]],
+    complete_s: float | None = None,
+) -> set[int]:
     """Chunks whose words may be someone else's, and the neighbours they may belong to.
 
     A chunk is doubtful, with both its neighbours, when its words' mean probability is below
@@ -289,17 +293,24 @@ def doubtful_chunks(spans: list[Span], assigned: list[list[tuple[dict, list[dict
     neighbours. A segment whose words' mean probability is below ``PACK_MIN_WORD_PROBABILITY``
     makes every chunk it touches doubtful: a word Whisper was unsure of, at a chunk's edge, may
     be a neighbour's word said again (found: a clip's "3." repeated at probability 0.0 and
-    aligned into the next clip, whose eight words kept its mean probability high).
+    aligned into the next clip, whose eight words kept its mean probability high). A chunk
+    that ends by ``complete_s`` and got no text makes both its neighbours doubtful: they may
+    have taken its words.
 
     Args:
         spans: Each chunk's ``(start, end)`` in the window, seconds.
         assigned: ``assign_words``'s result for the window.
+        complete_s: Where the window's complete text ends, seconds; chunks ending later were
+            left for a next window, so their lack of text says nothing. ``None``: the no-text
+            rule is not applied.
 
     Returns:
         Indices of the chunks to decode alone.
     """
     doubtful = set()
     for index, (span, pairs) in enumerate(zip(spans, assigned, strict=True)):
+        if not pairs and complete_s is not None and span[1] <= complete_s:
+            doubtful.update({index - 1, index + 1})
         words = [word for _, group in pairs for word in group]
         if not words:
             continue
