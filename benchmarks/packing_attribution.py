@@ -17,11 +17,11 @@ transcript's words are compared with the words of the files it shared a window w
 Words are compared after Whisper's English normalizer (``evaluation.normalize``), as bags.
 
 Vocabulary cannot tell clips that say the same words apart, so ``--orders N`` also transcribes
-the chunks packed in ``N`` random orders (seeds 1..N), in waves of 64 chunks as a transcription
-step reads them (which windows chunks share depends on the order), and counts *moved* words: a
-word a file gained against its unpacked transcript that a window neighbour lost against its own
-(the goal is 0; a recognition variant that happens to trade the same word counts too, so read
-the JSON).
+the chunks packed in ``N`` random orders (seeds 1..N), in waves of 64 chunks (which windows
+chunks share depends on the order; a step's waves, counted in frames, take them longest
+first), and counts *moved* words: a word a file gained against its unpacked transcript that a
+window neighbour lost against its own (the goal is 0; a recognition variant that happens to
+trade the same word counts too, so read the JSON).
 
 Input sets as in ``benchmarks/run.py``. Prints a Markdown table; the per-file differences go to
 ``OUT/packing_attribution.json``.
@@ -107,7 +107,8 @@ def compare(inputs, packed_texts, alone_texts, neighbours) -> tuple[list[dict], 
 
 
 WAVE_CHUNKS = 64
-"""Chunks per wave in ``--orders`` runs: ``WAVE_BATCHES`` (8) batches of 8, as a step reads them."""
+"""Chunks per wave in ``--orders`` runs: ``WAVE_BATCHES`` (8) batches of 8, so that packing sees
+a random part of the chunks, not only ties in length (``pack_chunks`` sorts by length)."""
 
 
 NUMBER_WORDS = {

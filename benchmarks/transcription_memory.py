@@ -2,14 +2,15 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/transcription_memory.py [--chunks 40,400] [--wave-size 0]
+    python benchmarks/transcription_memory.py [--chunks 40,400] [--wave-frames 0]
 
 For each chunk count, a fresh process stages a shard of that many real speech chunks (log-mel
 features of the shared corpus's long recordings, repeated) and transcribes it the way
 ``transcribe_shard`` does: ``core.staging.chunk_waves`` then the model's ``BatchTranscriber``
 with the pipeline's default resource (tiny.en, int8 on CPU, two workers, batch 8). It prints
-the process's peak RSS (``VmHWM``) before and after transcription. ``--wave-size N`` overrides
-the wave (0: the pipeline's own ``wave_size``); a wave of every chunk is the old behaviour.
+the process's peak RSS (``VmHWM``) before and after transcription. ``--wave-frames N`` overrides
+the wave's frames (0: the pipeline's own ``wave_frames``); a wave of every chunk is the old
+behaviour.
 ``--no-trim`` skips ``core.memory.release_free_memory`` between waves (the ablation).
 """
 
@@ -39,7 +40,7 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
     import numpy as np
     import pyarrow as pa
 
-    from whisper_pipeline.assets.transcription import wave_size
+    from whisper_pipeline.assets.transcription import wave_frames
     from whisper_pipeline.core import audio
     from whisper_pipeline.core.chunking import log_mel, split_spooled
     from whisper_pipeline.core.memory import release_free_memory
@@ -90,7 +91,7 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
         transcriber = whisper.transcriber()
         before = vm_hwm_mib()
         started = time.perf_counter()
-        size = wave or wave_size(whisper)
+        size = wave or wave_frames(whisper)
         results = []
         waves = chunk_waves(store, shard_dir, extractor.mel_filters.shape[0], size, scratch)
         for done in transcriber.transcribe_waves(waves):  # as transcribe_shard does
@@ -99,7 +100,7 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
                 release_free_memory()
         return {
             "chunks": chunks,
-            "wave_size": size,
+            "wave_frames": size,
             "trim": trim,
             "peak_before_mib": round(before),
             "peak_mib": round(vm_hwm_mib()),
@@ -111,16 +112,16 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", default="40,400")
-    parser.add_argument("--wave-size", type=int, default=0)
+    parser.add_argument("--wave-frames", type=int, default=0)
     parser.add_argument("--no-trim", action="store_true")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.wave_size, not args.no_trim)))
+        print(json.dumps(worker(args.worker, args.wave_frames, not args.no_trim)))
         return 0
     for count in (int(c) for c in args.chunks.split(",")):
         command = [sys.executable, __file__, "--worker", str(count)]
-        command += ["--wave-size", str(args.wave_size)]
+        command += ["--wave-frames", str(args.wave_frames)]
         command += ["--no-trim"] if args.no_trim else []
         completed = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
         if completed.returncode:

@@ -52,22 +52,28 @@ def test_waves_hold_every_chunk_once_longest_first(tmp_path):
     store = Storage(str(tmp_path))
     lengths = [100, 3000, 50, 2000, 700, 1200, 10]
     stage_shard(store, store.path("shard"), lengths)
-    waves = list(chunk_waves(store, store.path("shard"), N_MELS, 3, str(tmp_path)))
-    assert [len(w) for w in waves] == [3, 3, 1]
-    chunks = [chunk for wave in waves for chunk in wave]
-    assert [c.features.shape for c in chunks] == [
-        (N_MELS, n) for n in sorted(lengths, reverse=True)
+    waves = list(chunk_waves(store, store.path("shard"), N_MELS, 3200, str(tmp_path)))
+    # At most 3200 frames a wave, longest first: 3000 | 2000 + 1200 | 700 + 100 + 50 + 10.
+    assert [[c.features.shape[1] for c in wave] for wave in waves] == [
+        [3000],
+        [2000, 1200],
+        [700, 100, 50, 10],
     ]
+    chunks = [chunk for wave in waves for chunk in wave]
     for chunk in chunks:
         index = int(chunk.key[0], 16)
         assert chunk.features.shape[1] == lengths[index]
         assert np.all(chunk.features == index)
+    # A chunk longer than the budget makes a wave of its own; none is lost.
+    waves = list(chunk_waves(store, store.path("shard"), N_MELS, 2500, str(tmp_path)))
+    assert [len(wave) for wave in waves] == [1, 1, 5]
+    assert sorted(c.key for wave in waves for c in wave) == sorted(c.key for c in chunks)
 
 
-def test_wave_size_must_be_positive(tmp_path):
+def test_wave_frames_must_be_positive(tmp_path):
     store = Storage(str(tmp_path))
     stage_shard(store, store.path("shard"), [10])
-    with pytest.raises(ValueError, match="wave_size must be positive"):
+    with pytest.raises(ValueError, match="wave_frames must be positive"):
         list(chunk_waves(store, store.path("shard"), N_MELS, 0, str(tmp_path)))
 
 
@@ -78,23 +84,23 @@ from whisper_pipeline.core.storage import Storage
 from whisper_pipeline_tests.doubles import FakeTranscriber
 from whisper_pipeline_tests.test_staging import N_MELS
 
-root, wave = sys.argv[1], int(sys.argv[2])
+root, wave_frames = sys.argv[1], int(sys.argv[2])
 store = Storage(root)
 transcriber = FakeTranscriber([])
 results = []
-for batch in chunk_waves(store, store.path("shard"), N_MELS, wave, root):
+for batch in chunk_waves(store, store.path("shard"), N_MELS, wave_frames, root):
     results += transcriber.transcribe(batch)
 status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
 print(json.dumps({"peak_mib": int(status) / 1024, "chunks": transcriber.chunks_seen}))
 """
 
 
-def peak_rss_mib(root, chunks: int, wave: int) -> float:
+def peak_rss_mib(root, chunks: int, wave_frames: int) -> float:
     """Peak RSS of a fresh process transcribing a staged shard with the test double."""
     store = Storage(str(root))
     stage_shard(store, store.path("shard"), [N_FRAMES] * chunks)
     completed = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT, str(root), str(wave)],
+        [sys.executable, "-c", MEMORY_SCRIPT, str(root), str(wave_frames)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     measured = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -107,15 +113,15 @@ def peak_rss_mib(root, chunks: int, wave: int) -> float:
 def test_transcription_memory_is_bounded_by_the_wave_not_the_shard(tmp_path):
     # The probe: a transcription step's memory grew with the chunks of its shard (the whole
     # features file stayed mapped). 400 chunks of 30 s are 384 MB of features.
-    from whisper_pipeline.assets.transcription import wave_size
+    from whisper_pipeline.assets.transcription import wave_frames
     from whisper_pipeline_tests.doubles import FakeTranscriberResource
 
-    wave = wave_size(FakeTranscriberResource())
+    wave = wave_frames(FakeTranscriberResource())
     small = peak_rss_mib(tmp_path / "small", 40, wave)
     large = peak_rss_mib(tmp_path / "large", 400, wave)
     assert large <= 1.2 * small, (small, large)
     # What the step did before waves: every chunk at once.
-    unbounded = peak_rss_mib(tmp_path / "unbounded", 400, 400)
+    unbounded = peak_rss_mib(tmp_path / "unbounded", 400, 400 * N_FRAMES)
     assert unbounded > 1.2 * small, (small, unbounded)
 
 

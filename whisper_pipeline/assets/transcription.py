@@ -8,6 +8,7 @@ import dagster as dg
 import pyarrow as pa
 
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
+from whisper_pipeline.core.chunking import N_FRAMES
 from whisper_pipeline.core.memory import release_free_memory
 from whisper_pipeline.core.preprocess import preprocess_file
 from whisper_pipeline.core.progress import Progress
@@ -204,19 +205,23 @@ def preprocess_shard(
 
 
 WAVE_BATCHES = 8
-"""Batches of chunks in a wave (``core.staging.chunk_waves``), the unit a transcription step
-reads and holds (at most two waves at once, ``BatchTranscriber.transcribe_waves``): enough
-for every CTranslate2 worker to have several batches in hand, few enough that the
-feature pages a step keeps resident do not grow with the shard."""
+"""Full 30 s windows' worth of frames in a wave (``core.staging.chunk_waves``), the unit a
+transcription step reads and holds (at most two waves at once,
+``BatchTranscriber.transcribe_waves``): enough for every CTranslate2 worker to have several
+batches in hand, few enough that the feature pages a step keeps resident do not grow with the
+shard. Counted in frames, not chunks, so a wave of short clips holds as many of them as the
+same memory allows, and they pack into shared windows as the in-process core packs them: in
+waves of 64 chunks the 120 short clips split in two waves, the shortest clips crowded together
+in the second, and Whisper ran them into shared segments more often (``benchmarks/RESULTS.md``)."""
 
 
 FRAMES_PER_SECOND = 100
 """Log-mel feature frames per second of audio (hop of 160 samples at 16 kHz)."""
 
 
-def wave_size(whisper: WhisperModelResource) -> int:
-    """Chunks per wave: ``WAVE_BATCHES`` first-pass batches."""
-    return WAVE_BATCHES * max(1, whisper.batch_size)
+def wave_frames(whisper: WhisperModelResource) -> int:
+    """Feature frames per wave: ``WAVE_BATCHES`` first-pass batches of full 30 s windows."""
+    return WAVE_BATCHES * max(1, whisper.batch_size) * N_FRAMES
 
 
 @dg.op(
@@ -255,7 +260,7 @@ def transcribe_shard(
         log=context.log.info,
     )
     with tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as local_dir, progress:
-        waves = chunk_waves(store, shard_dir, shard.n_mels, wave_size(whisper), local_dir)
+        waves = chunk_waves(store, shard_dir, shard.n_mels, wave_frames(whisper), local_dir)
         for done in transcriber.transcribe_waves(waves):
             results += done
             progress.advance(len(done), sum(frames[r.key] for r in done) / FRAMES_PER_SECOND)

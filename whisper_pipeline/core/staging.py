@@ -279,32 +279,36 @@ def read_chunk_rows(store: Storage, shard_dir: str) -> list[dict]:
 
 
 def chunk_waves(
-    store: Storage, shard_dir: str, n_mels: int, wave_size: int, local_dir: str
+    store: Storage, shard_dir: str, n_mels: int, wave_frames: int, local_dir: str
 ) -> Iterator[list[ChunkInput]]:
-    """Read a preprocessed shard back as model inputs, ``wave_size`` chunks at a time.
+    """Read a preprocessed shard back as model inputs, about ``wave_frames`` frames at a time.
 
     Chunks come longest first (so the batches of a wave hold chunks of similar length) and are
-    keyed ``(content_sha256, chunk_index)``. Each wave memory-maps the features file afresh and
-    drops the map when the caller moves on, so the feature pages a step keeps resident are
-    bounded by the wave, not by the shard (a mapped page stays in the process's RSS until it is
-    unmapped). A remote features file is downloaded into ``local_dir`` first.
+    keyed ``(content_sha256, chunk_index)``. A wave holds the next chunks whose frames add up
+    to at most ``wave_frames`` (a longer chunk makes a wave of its own), so the feature memory
+    a step holds is bounded in frames, whatever the chunks' lengths: a wave of 30 s chunks
+    holds ``wave_frames / 3000`` of them, a wave of 3 s voice notes ten times as many, all of
+    which can then share packed windows (``core.packing``). Each wave memory-maps the features
+    file afresh and drops the map when the caller moves on, so the feature pages a step keeps
+    resident are bounded by the wave, not by the shard (a mapped page stays in the process's
+    RSS until it is unmapped). A remote features file is downloaded into ``local_dir`` first.
 
     Args:
         store: The storage holding the shard.
         shard_dir: The shard's staging folder.
         n_mels: Mel bins per frame (80; 128 for large-v3).
-        wave_size: Chunks per wave (>= 1).
+        wave_frames: Feature frames per wave (>= 1; 100 frames are 1 s of audio).
         local_dir: A local scratch folder that outlives the iteration.
 
     Yields:
-        Lists of at most ``wave_size`` ``ChunkInput`` with ``features`` of shape
-        ``(n_mels, n_frames)``, float32 (read-only views of the map).
+        Non-empty lists of ``ChunkInput`` with ``features`` of shape ``(n_mels, n_frames)``,
+        float32 (read-only views of the map).
 
     Raises:
-        ValueError: ``wave_size`` is not positive.
+        ValueError: ``wave_frames`` is not positive.
     """
-    if wave_size < 1:
-        raise ValueError(f"wave_size must be positive, got {wave_size}")
+    if wave_frames < 1:
+        raise ValueError(f"wave_frames must be positive, got {wave_frames}")
     rows = sorted(read_chunk_rows(store, shard_dir), key=lambda r: -r["n_frames"])
     if not rows:
         return
@@ -313,7 +317,15 @@ def chunk_waves(
         local_path = os.path.join(local_dir, FEATURES_FILE)
         store.fs.get_file(features_path, local_path)
         features_path = local_path
-    for start in range(0, len(rows), wave_size):
+    waves: list[list[dict]] = [[]]
+    held = 0
+    for row in rows:
+        if waves[-1] and held + row["n_frames"] > wave_frames:
+            waves.append([])
+            held = 0
+        waves[-1].append(row)
+        held += row["n_frames"]
+    for wave in waves:
         frames = np.memmap(features_path, dtype=np.float32, mode="r").reshape(-1, n_mels)
         yield [
             ChunkInput(
@@ -322,7 +334,7 @@ def chunk_waves(
                 speech_starts=tuple(row["speech_starts"]),
                 speech_ends=tuple(row["speech_ends"]),
             )
-            for row in rows[start : start + wave_size]
+            for row in wave
         ]
         del frames
 
