@@ -8,10 +8,13 @@ process (``STEP_WORKER_STARTING``), when its code began (``STEP_START``) and whe
 (``STEP_SUCCESS``), in seconds from the command's start. Prints a Markdown table with the spans
 before the run's first event and after its last one (interpreter start-up and teardown).
 
-    python -m benchmarks.cli_timeline [--inputs corpus|many-short]
+    python -m benchmarks.cli_timeline [--inputs corpus|many-short] [--pack-windows]
+
+``--pack-windows`` runs the partition with window packing on (``run.py``'s method 6).
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -41,7 +44,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", choices=INPUT_SETS, default="corpus")
+    parser.add_argument("--pack-windows", action="store_true", help="window packing on")
     args = parser.parse_args()
+    whisper = {"pack_windows": True} if args.pack_windows else {}
+    run_config = {"resources": {"whisper": {"config": whisper}}}
     with tempfile.TemporaryDirectory(prefix="cli_timeline_") as tmp:
         root, home = Path(tmp) / "root", Path(tmp) / "home"
         count = stage(root / "raw" / PARTITION, args.inputs)
@@ -49,9 +55,8 @@ def main() -> None:
         shutil.copy(REPOSITORY / "dagster.yaml", home)
         env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
         started = time.time()
-        subprocess.run(
-            materialize_command(PARTITION), env=env, cwd=REPOSITORY, check=True, capture_output=True
-        )
+        command = materialize_command(PARTITION, "--config-json", json.dumps(run_config))
+        subprocess.run(command, env=env, cwd=REPOSITORY, check=True, capture_output=True)
         wall = time.time() - started
         instance = DagsterInstance.from_config(str(home))
         (run,) = instance.get_runs()
