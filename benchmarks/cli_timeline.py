@@ -8,9 +8,9 @@ process (``STEP_WORKER_STARTING``), when its code began (``STEP_START``) and whe
 (``STEP_SUCCESS``), in seconds from the command's start. Prints a Markdown table with the spans
 before the run's first event and after its last one (interpreter start-up and teardown).
 
-    python -m benchmarks.cli_timeline [--inputs corpus|many-short] [--pack-windows]
+    python -m benchmarks.cli_timeline [--inputs corpus|many-short] [--no-pack-windows]
 
-``--pack-windows`` runs the partition with window packing on (``run.py``'s method 6).
+``--no-pack-windows`` runs the partition with window packing off (``run.py``'s method 6).
 """
 
 import argparse
@@ -44,9 +44,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", choices=INPUT_SETS, default="corpus")
-    parser.add_argument("--pack-windows", action="store_true", help="window packing on")
+    parser.add_argument("--no-pack-windows", action="store_true", help="window packing off")
     args = parser.parse_args()
-    whisper = {"pack_windows": True} if args.pack_windows else {}
+    whisper = {"pack_windows": False} if args.no_pack_windows else {}
     run_config = {"resources": {"whisper": {"config": whisper}}}
     with tempfile.TemporaryDirectory(prefix="cli_timeline_") as tmp:
         root, home = Path(tmp) / "root", Path(tmp) / "home"

@@ -1,15 +1,16 @@
 """Where the in-process core spends its time: decode/VAD/features, encode, generate, align.
 
-    python benchmarks/profile_core.py [--batch-size 8] [--inputs DIR] [--pack-windows]
+    python benchmarks/profile_core.py [--batch-size 8] [--inputs DIR] [--no-pack-windows]
     python benchmarks/profile_core.py --parallelism 2x1,1x2 [--batch-size 8]
 
 Wraps the model's ``encode``, CTranslate2 ``generate`` and ``align`` with timers and counts rows
 decoded at temperature 0 and in temperature fallback (one CTranslate2 worker, CTranslate2's
 default threads). Prints a Markdown table. ``--inputs`` takes a folder of audio (every file under
 it, e.g. ``benchmarks/out/many_short/n120`` that ``benchmarks/run.py`` synthesizes) instead of
-the corpus. With ``--pack-windows``, packed windows are counted, with the chunks taken out
-of them by reason: decoded alone (doubtful words, a failed or silent window, no text) or packed
-again (unfinished).
+the corpus. Window packing is on, as by default: packed windows are counted, with the chunks
+taken out of them by reason: decoded alone (doubtful words, a failed or silent window, no text),
+packed again (unfinished, shared segment), or never decoded packed because packing stopped;
+``--no-pack-windows`` turns it off.
 
 With ``--parallelism``, instead times the whole ``BatchTranscriber.transcribe`` of the same
 chunks (decoded and featurized once) under each ``THREADSxWORKERS`` setting, each with a freshly
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--parallelism", help="THREADSxWORKERS settings to compare, e.g. 2x1,1x2")
     parser.add_argument("--inputs", type=Path, help="a folder of audio instead of the corpus")
-    parser.add_argument("--pack-windows", action="store_true", help="window packing on")
+    parser.add_argument("--no-pack-windows", action="store_true", help="window packing off")
     args = parser.parse_args()
     if args.inputs:
         corpus = args.inputs
@@ -139,13 +140,13 @@ def main() -> None:
         compare_parallelism(inputs, args.parallelism, args.batch_size)
         return
     model.model = Timed(model.model, totals, ("generate", "encode", "align"))
-    options = DecodingOptions(batch_size=args.batch_size, pack_windows=args.pack_windows)
+    options = DecodingOptions(batch_size=args.batch_size, pack_windows=not args.no_pack_windows)
     transcriber = CountingTranscriber(model, options)
     started = time.perf_counter()
     transcriber.transcribe(inputs)
     totals["transcribe (all)"] = time.perf_counter() - started
     print(f"{len(files)} files, {len(inputs)} chunks, {transcriber.generate_calls} generate calls")
-    if args.pack_windows:
+    if not args.no_pack_windows:
         print(f"packed windows: {transcriber.packed} ({transcriber.packed_chunks} chunks)")
         print("chunks taken out of a packed window, by reason:", dict(transcriber.unpacked))
     print()

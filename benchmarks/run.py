@@ -22,13 +22,13 @@ another model directory), device and compute type, and beam size 5:
 4. **Dagster partition via CLI**: the whole partition materialized with
    ``dagster asset materialize`` (multiprocess executor, manifest asset, sharded preprocessing,
    batched transcription, Parquet tables and asset checks) on a temporary storage root.
-5. **core with window packing** (ablation of 3): the same, ``pack_windows=True``: chunks under
-   10 s from many files share 30 s encoder windows (``core.packing``; off by default, see
-   ``RESULTS.md``).
-6. **Dagster CLI with window packing** (ablation of 4): the same, with the ``whisper`` resource's
-   ``pack_windows: true`` in run config.
+5. **core without window packing** (ablation of 3): the same, ``pack_windows=False``: every
+   chunk has a 30 s encoder window of its own (with packing, chunks under 10 s from many files
+   share windows, ``core.packing``).
+6. **Dagster CLI without window packing** (ablation of 4): the same, with the ``whisper``
+   resource's ``pack_windows: false`` in run config.
 
-Methods 3 and 4 run with the pipeline's defaults (word timestamps on, window packing off).
+Methods 3 and 4 run with the pipeline's defaults (word timestamps on, window packing on).
 
 Each method runs in a fresh worker subprocess, so imports, model load and peak memory are measured
 per method. Input sets: ``corpus`` (every file of ``../shared/corpus/manifest.csv``, or of
@@ -88,8 +88,8 @@ METHODS = {
     2: "faster-whisper batched",
     3: "pipeline core in-process",
     4: "Dagster partition via CLI",
-    5: "core with window packing",
-    6: "Dagster CLI with window packing",
+    5: "core, packing off",
+    6: "Dagster CLI, packing off",
 }
 CLI_METHODS = (4, 6)
 """Methods that run the Dagster CLI (process-tree memory, the transcription op's idle time)."""
@@ -483,7 +483,7 @@ def prepare_chunks(inputs: list[AudioInput], feature_extractor) -> tuple[list, d
     return chunk_inputs, errors
 
 
-def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool = False) -> dict:
+def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool = True) -> dict:
     """Method 3: the project's core (decode, VAD-split, featurize, cross-file batches).
 
     Returns:
@@ -589,7 +589,7 @@ class TreeMemorySampler(threading.Thread):
 
 
 def run_dagster_cli(
-    inputs: list[AudioInput], config: ModelConfig, log_path: Path, pack_windows: bool = False
+    inputs: list[AudioInput], config: ModelConfig, log_path: Path, pack_windows: bool = True
 ) -> dict:
     """Methods 4 and 6: materialize one partition of every asset through the Dagster CLI.
 
@@ -702,13 +702,11 @@ def run_worker(args: argparse.Namespace) -> int:
         result = run_sequential(inputs, config)
     elif args.worker == 2:
         result = run_batched_per_file(inputs, config)
-    elif args.worker == 3:
-        result = run_core(inputs, config)
-    elif args.worker == 5:
-        result = run_core(inputs, config, pack_windows=True)
+    elif args.worker in (3, 5):
+        result = run_core(inputs, config, pack_windows=args.worker == 3)
     else:
         log_path = Path(payload["log_path"])
-        result = run_dagster_cli(inputs, config, log_path, pack_windows=args.worker == 6)
+        result = run_dagster_cli(inputs, config, log_path, pack_windows=args.worker == 4)
     if args.worker in CLI_METHODS:
         result.update(peak_rss_mib=peak_rss_children_mib(), rss_scope="child")
     else:

@@ -7,6 +7,8 @@ from; its segment spans the chunk's speech, in seconds from the file's start, as
 transcriber reports it.
 """
 
+from collections import Counter
+
 import numpy as np
 from pydantic import Field
 
@@ -22,7 +24,8 @@ def fake_text(content_sha256: str, chunk_index: int) -> str:
 
 class FakeTranscriber:
     """Same interface as ``core.batching.BatchTranscriber``: ``transcribe``,
-    ``transcribe_waves``, ``generate_calls``, ``align_s``.
+    ``transcribe_waves``, ``generate_calls``, ``align_s``, ``unpacked``, ``packing_stopped``
+    (it never packs).
 
     Args:
         fail_contents: SHA-256 prefixes whose chunks "raise in the model" (``"*"``: all).
@@ -35,6 +38,8 @@ class FakeTranscriber:
         self.generate_calls = 0
         self.align_s = 0.0
         self.chunks_seen = 0
+        self.unpacked: Counter[str] = Counter()
+        self.packing_stopped = False
 
     def transcribe(self, chunks: list[ChunkInput]) -> list[ChunkResult]:
         """One result per chunk; reads every feature value, as the encoder would."""

@@ -1,4 +1,5 @@
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -547,3 +548,65 @@ def test_chunks_sharing_a_segment_are_packed_again():
     assert [len(pairs) for pairs in assigned] == [1, 2]
     assert split_segments(spans, assigned) == set()
     assert doubtful_chunks(spans, assigned) == {0, 1}
+
+
+@pytest.mark.slow  # the real model on 20 clips
+def test_packing_stops_when_most_packed_chunks_come_back_out(corpus, model):
+    # Clips packing does badly on (from the corpus's packed windows): six encodings of one
+    # "one, two, three", clips in languages tiny.en does not know, digits read twice. Most of
+    # their chunks come back out of packed windows, so packing stops; every chunk still gets
+    # its text.
+    from whisper_pipeline.evaluation import normalize
+    from whisper_pipeline_tests.conftest import corpus_rows
+
+    rows = corpus_rows()
+    names = sorted(r["file"] for r in rows if r["file"].startswith("formats/one_two_three"))
+    names += [f"short/pv_{language}.wav" for language in ("de", "es", "fr", "it", "pt")]
+    names += ["short/digits_10001_90210_01803.wav", "formats/digits_narrowband_16k.wav"]
+    names += ["short/pv_ja.wav", "short/pv_ko.wav", "formats/fr_dictee.aiff"]
+    names += ["short/stereo_two_talkers.wav", "short/ami_es2011a_40s_46s.wav"]
+    inputs = chunk_inputs(corpus, model, names)
+    transcriber = BatchTranscriber(model, DecodingOptions(batch_size=1, pack_windows=True))
+    packed = texts(transcriber.transcribe(inputs))
+    assert transcriber.packing_stopped, transcriber.unpacked
+    came_out = sum(transcriber.unpacked.values()) - transcriber.unpacked["packing stopped"]
+    assert came_out > 8, transcriber.unpacked  # more than half of 16 packed chunks or more
+    assert packed.keys() == set(names)
+    for name in names:
+        if "one_two_three" in name:
+            assert normalize(packed[name]).replace(" ", "") == "123", packed
+    english = [n for n in names if "pv_" not in n and "one_two_three" not in n]
+    for name in english:
+        assert packed[name].strip(), name
+
+
+def test_stopping_packing_splits_waiting_windows_and_later_waves():
+    from types import SimpleNamespace
+
+    from whisper_pipeline.core.batching import PACK_STOP_MIN_CHUNKS, _Queue
+    from whisper_pipeline.core.packing import PackedWindow
+
+    def chunk(key, seconds):
+        return ChunkInput(key, np.zeros((80, int(seconds * 100)), np.float32), (0,), (1,))
+
+    transcriber = SimpleNamespace(
+        options=DecodingOptions(pack_windows=True), fixed_language="en", unpacked=Counter()
+    )
+    waves = iter([[chunk(i, 3.0) for i in range(12)], [chunk(i, 3.0) for i in range(12, 16)]])
+    queue = _Queue(transcriber, refill=2)
+    queue.take_waves(waves)
+    assert all(isinstance(w, PackedWindow) for w in queue.windows)  # 7 and 5 to a window
+    # Exactly half came back out: packing goes on.
+    queue.packed_chunks, queue.packed_out = PACK_STOP_MIN_CHUNKS, PACK_STOP_MIN_CHUNKS // 2
+    queue.judge_packing()
+    assert queue.packing and len(queue.windows) == 2
+    # More than half: the waiting packed windows become one window per chunk.
+    queue.packed_out += 1
+    queue.judge_packing()
+    assert not queue.packing and transcriber.packing_stopped
+    assert sorted(w.chunk.key for w in queue.windows) == list(range(12))
+    assert transcriber.unpacked["packing stopped"] == 12
+    # And a later wave is not packed.
+    queue.refill = 100
+    queue.take_waves(waves)
+    assert len(queue.windows) == 16 and not any(isinstance(w, PackedWindow) for w in queue.windows)

@@ -282,6 +282,12 @@ def transcribe_shard(
         transcriber.generate_calls,
         peak,
     )
+    if transcriber.packing_stopped:
+        context.log.info(
+            "shard %d: window packing stopped (most packed chunks came back out): %s",
+            shard.plan.index,
+            dict(transcriber.unpacked),
+        )
     context.add_output_metadata(
         {
             "transcribe_seconds": round(decode_s, 2),
@@ -289,6 +295,10 @@ def transcribe_shard(
             "generate_calls": transcriber.generate_calls,
             "word_alignment_seconds": round(transcriber.align_s, 2),
             "peak_rss_mib": round(peak),
+            # Packed chunks decoded again, by reason (``core.packing``), and whether packing
+            # stopped for this step (``core.batching.PACK_STOP_OUT_FRACTION``).
+            "packed_chunks_out": dict(transcriber.unpacked),
+            "window_packing_stopped": transcriber.packing_stopped,
         }
     )
     return ShardTranscripts(

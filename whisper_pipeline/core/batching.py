@@ -56,6 +56,18 @@ from whisper_pipeline.core.packing import (
 
 logger = logging.getLogger(__name__)
 
+PACK_STOP_MIN_CHUNKS = 16
+"""Chunks decoded in packed windows before ``PACK_STOP_OUT_FRACTION`` is judged."""
+
+PACK_STOP_OUT_FRACTION = 0.5
+"""Packing stops for the rest of a ``transcribe_waves`` call once more than this share of the
+chunks decoded in packed windows came back out of them (decoded alone or packed again): each
+such chunk costs its share of the packed window and a window of its own, so packing then costs
+more than the encoder passes it saves. On 120 short synthesized clips 16 of 134 came back out
+(12%); on the shared corpus, whose short chunks are consecutive sentences of one reader,
+repeated clips and languages tiny.en does not know, 66 of 92 (72%), and packing every chunk was
+7% slower than none (``benchmarks/RESULTS.md``)."""
+
 T = TypeVar("T")
 
 MAX_SEEK_ROUNDS = 8
@@ -119,9 +131,9 @@ class DecodingOptions:
         pack_windows: Lay chunks shorter than ``PACK_MAX_ITEM_FRAMES`` from any files one after
             another in shared 30 s windows (``core.packing``) when the language is known
             (given, or an English-only model): Whisper's encoder costs a full 30 s window
-            whatever the chunk's length. Off by default: much faster on short clips, but
-            slower on the corpus, whose short chunks often come back out of packed windows
-            (``benchmarks/RESULTS.md``).
+            whatever the chunk's length. Packing stops by itself where it does not pay
+            (``PACK_STOP_OUT_FRACTION``). On by default: about 3x faster on short clips with
+            a lower WER, as fast on the corpus (``benchmarks/RESULTS.md``).
     """
 
     beam_size: int = 5
@@ -137,7 +149,7 @@ class DecodingOptions:
     fallback_batch_size: int | None = None
     max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
     word_timestamps: bool = True
-    pack_windows: bool = False
+    pack_windows: bool = True
 
     def cache_key_fields(self) -> dict:
         """The options that change the text (batch sizes do not), for result-cache keys."""
@@ -330,6 +342,9 @@ class _Queue:
         decoded: Windows decoded so far per chunk (``MAX_SEEK_ROUNDS`` bounds it).
         repacked: Chunks already packed again (a packed window left them unfinished, or they
             shared a segment with a neighbour).
+        packing: Whether chunks are still packed (``PACK_STOP_OUT_FRACTION``).
+        packed_chunks: Chunks decoded in packed windows so far; ``packed_out``: those that
+            came back out of them.
     """
 
     def __init__(self, transcriber: "BatchTranscriber", refill: int):
@@ -341,10 +356,12 @@ class _Queue:
         self.decoded: Counter[Hashable] = Counter()
         self.repacked: set[Hashable] = set()
         self.more = True
+        options = transcriber.options
+        self.packing = options.pack_windows and transcriber.fixed_language is not None
+        self.packed_chunks = self.packed_out = 0
 
     def take_waves(self, waves: Iterator[list[ChunkInput]]) -> None:
         """Take in waves while fewer than ``refill`` windows wait (packed where enabled)."""
-        options = self.transcriber.options
         while self.more and len(self.windows) < self.refill:
             wave = next(waves, None)
             if wave is None:
@@ -352,7 +369,7 @@ class _Queue:
                 return
             for chunk in wave:
                 self.results[chunk.key] = ChunkResult(key=chunk.key)
-            if options.pack_windows and self.transcriber.fixed_language is not None:
+            if self.packing:
                 packed, alone = pack_chunks(wave)
                 self.windows += packed + [_Window(chunk, 0) for chunk in alone]
             else:
@@ -393,14 +410,19 @@ class _Queue:
                     alone, left = transcriber._finish_packed(results, window, outcome)
                     following += alone
                     unfinished += left
+                    self.packed_chunks += len(window.items)
+                    self.packed_out += len(alone) + len(left)
                 elif isinstance(outcome, _Retry):
                     self.retries.append(outcome)
                 else:
                     following += transcriber._finish(results[window.chunk.key], window, outcome)
+        self.judge_packing()
         # Chunks a packed window left unfinished, or that shared a segment, share new
         # windows once; a chunk that comes back again is decoded alone.
         twice = [chunk for chunk in unfinished if chunk.key in self.repacked]
         again = [chunk for chunk in unfinished if chunk.key not in self.repacked]
+        if not self.packing:
+            twice, again = twice + again, []
         self.repacked.update(chunk.key for chunk in again)
         packed, alone = pack_chunks(again)
         following += packed + [_Window(chunk, 0) for chunk in alone + twice]
@@ -409,6 +431,30 @@ class _Queue:
             for window in following
             if all(self.decoded[key] < MAX_SEEK_ROUNDS for key in _keys(window))
         ]
+
+    def judge_packing(self) -> None:
+        """Stop packing when too many packed chunks came back out (``PACK_STOP_OUT_FRACTION``).
+
+        The packed windows still waiting are split into one window per chunk; later waves are
+        not packed.
+        """
+        if not self.packing or self.packed_chunks < PACK_STOP_MIN_CHUNKS:
+            return
+        if self.packed_out <= PACK_STOP_OUT_FRACTION * self.packed_chunks:
+            return
+        self.packing = False
+        self.transcriber.packing_stopped = True
+        waiting = [w for w in self.windows if isinstance(w, PackedWindow)]
+        self.windows = [w for w in self.windows if not isinstance(w, PackedWindow)]
+        self.windows += [_Window(item, 0) for window in waiting for item in window.items]
+        self.transcriber.unpacked["packing stopped"] += sum(len(w.items) for w in waiting)
+        logger.info(
+            "window packing stopped: %d of %d chunks came back out of packed windows; "
+            "%d chunks waiting in packed windows are decoded alone",
+            self.packed_out,
+            self.packed_chunks,
+            sum(len(w.items) for w in waiting),
+        )
 
     def finished_results(self, busy: Iterable[tuple[str, list]]) -> list[ChunkResult]:
         """Pop the results of the chunks with nothing waiting and nothing in ``busy`` jobs."""
@@ -448,6 +494,8 @@ class BatchTranscriber:
         self.align_failures = 0
         self.unpacked: Counter[str] = Counter()
         """Packed chunks decoded alone again, by reason (``_finish_packed``)."""
+        self.packing_stopped = False
+        """Whether the last ``transcribe_waves`` call stopped packing (``_Queue.judge_packing``)."""
         self._calls_lock = threading.Lock()
 
     def transcribe(self, chunks: Iterable[ChunkInput]) -> list[ChunkResult]:
@@ -500,6 +548,7 @@ class BatchTranscriber:
         """
         refill = refill or 2 * self.workers * self.options.batch_size
         waves = iter(waves)
+        self.packing_stopped = False
         queue = _Queue(self, refill)
         with ThreadPoolExecutor(self.workers) as executor:
             in_flight: dict[Future, tuple[str, list]] = {}

@@ -61,9 +61,9 @@ class WhisperModelResource(dg.ConfigurableResource):
             On by default: its cost on the corpus is in ``benchmarks/RESULTS.md``.
         pack_windows: Decode chunks shorter than 10 s from many files in shared 30 s windows
             when the language is known (configured, or an English-only model), text attributed
-            back by word timings (``core.packing``). Off by default: faster and at least as
-            accurate on both input sets, but one composition of six identical "one, two,
-            three" clips still gave one clip its neighbour's words (``benchmarks/RESULTS.md``).
+            back by word timings (``core.packing``); a step stops packing when most packed
+            chunks come back out (``core.batching.PACK_STOP_OUT_FRACTION``). On by default
+            (``DecodingOptions.pack_windows``).
     """
 
     model: str = ""
