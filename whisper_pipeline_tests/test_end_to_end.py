@@ -154,3 +154,28 @@ def test_words_language_and_subtitles_for_every_transcribed_file(corpus_run):
     assert len(srt) == with_text and len(list(folder.glob("*.vtt"))) == with_text
     for path in srt:
         assert pysubs2.load(str(path)).events, path
+
+
+def test_transcription_steps_report_what_window_packing_did(corpus_run):
+    # Each transcription step says, where users look (the step's output in the UI), which
+    # packed chunks came back out of shared windows and whether packing stopped.
+    import dagster as dg
+
+    _, _, home = corpus_run
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        records = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
+    reports = [
+        {key: value.value for key, value in record.dagster_event.step_output_data.metadata.items()}
+        for record in records
+        if "transcribe_shard" in record.dagster_event.step_key
+    ]
+    assert len(reports) >= 2  # the run is sharded
+    for report in reports:
+        assert isinstance(report["window_packing_stopped"], bool)
+        out = report["packed_chunks_out"]
+        assert all(isinstance(count, int) and count > 0 for count in out.values()), out
+        if report["window_packing_stopped"]:
+            assert sum(out.values()) >= 8, out  # more than half of 16 packed chunks at least
+    # The corpus's short chunks went through packed windows: some came back out somewhere.
+    assert any(report["packed_chunks_out"] for report in reports), reports
