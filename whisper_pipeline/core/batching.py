@@ -356,8 +356,7 @@ class _Queue:
         self.decoded: Counter[Hashable] = Counter()
         self.repacked: set[Hashable] = set()
         self.more = True
-        options = transcriber.options
-        self.packing = options.pack_windows and transcriber.fixed_language is not None
+        self.packing = transcriber.options.pack_windows and transcriber.fixed_language is not None
         self.packed_chunks = self.packed_out = 0
 
     def take_waves(self, waves: Iterator[list[ChunkInput]]) -> None:
