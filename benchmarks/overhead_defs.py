@@ -1,7 +1,9 @@
 """The project's definitions with the multiprocess start method chosen by an environment variable.
 
 Only for ``benchmarks/step_overhead.py``: ``OVERHEAD_START_METHOD`` is ``forkserver`` (the
-project's setting, preloading dagster and the code location) or ``spawn`` (Dagster's default).
+project's setting, preloading ``whisper_pipeline.preload``), ``forkserver-no-pyarrow`` (the
+same without pandas and ``pyarrow.dataset``: Dagster, the instance's storage and the code
+location, as the project preloaded before 2026-11-26) or ``spawn`` (Dagster's default).
 Everything but the executor is ``whisper_pipeline.definitions.defs`` itself.
 """
 
@@ -15,6 +17,9 @@ method = os.environ.get("OVERHEAD_START_METHOD", "forkserver")
 config = dict(definitions.EXECUTOR_CONFIG)
 if method == "spawn":
     config["start_method"] = {"spawn": {}}
+elif method == "forkserver-no-pyarrow":
+    modules = ["dagster._core.storage.sqlite_storage", "whisper_pipeline.definitions"]
+    config["start_method"] = {"forkserver": {"preload_modules": modules}}
 
 defs = dg.Definitions(
     assets=definitions.defs.assets,

@@ -1,10 +1,12 @@
-"""Measure Dagster's per-step process start-up: forkserver with preloaded modules vs spawn.
+"""Measure Dagster's per-step process cost: forkserver with preloaded modules vs spawn.
 
-Runs the same small partition once per start method through the CLI and reads precise event
-times from the run's event log: start-up is the time from ``STEP_WORKER_STARTING`` (the executor
-launches the step process) to ``STEP_START`` (the step's code begins). Prints a Markdown table.
+Runs the same small partition once per start method (``benchmarks/overhead_defs.py``) through
+the CLI, in rounds that alternate the methods, and reads precise event times from the run's
+event log: start-up is the time from ``STEP_WORKER_STARTING`` (the executor launches the step
+process) to ``STEP_START`` (the step's code begins); step work is from ``STEP_START`` to
+``STEP_SUCCESS``, which includes modules a step imports on first use. Prints a Markdown table.
 
-    python benchmarks/step_overhead.py [--files 6]
+    python benchmarks/step_overhead.py [--files 6] [--rounds 1]
 """
 
 import argparse
@@ -21,6 +23,8 @@ from whisper_pipeline.commands import materialize_command
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PARTITION = "2026-11-20"
+METHODS = ("spawn", "forkserver-no-pyarrow", "forkserver")
+"""Start methods of ``benchmarks/overhead_defs.py``; ``forkserver`` is the project's."""
 
 
 def run_once(method: str, landing_source: Path, work: Path) -> dict:
@@ -72,6 +76,7 @@ def main() -> None:
     """Run both start methods on the same clips and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=6, help="short corpus clips to use")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per start method")
     args = parser.parse_args()
     corpus = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared/corpus"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +85,11 @@ def main() -> None:
         landing.mkdir()
         for path in sorted((corpus / "short").glob("lj001_*.wav"))[: args.files]:
             shutil.copy(path, landing / path.name)
-        results = [run_once(method, landing, work) for method in ("spawn", "forkserver")]
+        results = [
+            run_once(method, landing, work / f"round_{index}")
+            for index in range(args.rounds)
+            for method in METHODS
+        ]
     print(
         "| start method | steps | run wall s | step start-up mean s | max s | sum s | step work s |"
     )
@@ -90,10 +99,18 @@ def main() -> None:
         cells += [f"{r['startup_max_s']:.2f}", f"{r['startup_total_s']:.1f}"]
         cells += [f"{r['step_work_s']:.1f}"]
         print("| " + " | ".join(str(c) for c in cells) + " |")
-    spawn, fork = results
-    ratio = fork["startup_mean_s"] / spawn["startup_mean_s"]
-    print(f"\nforkserver start-up per step: {ratio:.2f}x of spawn's;")
-    print(f"run wall time: forkserver {spawn['wall_s'] / fork['wall_s']:.2f}x faster")
+    print()
+    for method in METHODS:
+        runs = [r for r in results if r["method"] == method]
+        wall = statistics.mean(r["wall_s"] for r in runs)
+        work_s = statistics.mean(r["step_work_s"] for r in runs)
+        startup = statistics.mean(r["startup_mean_s"] for r in runs)
+        print(f"{method}: run wall {wall:.1f} s, step start-up {startup:.2f} s", end="")
+        print(f", step work {work_s:.1f} s in all (mean of {len(runs)} runs)")
+    walls = {m: statistics.mean(r["wall_s"] for r in results if r["method"] == m) for m in METHODS}
+    base = walls["forkserver"]
+    ratios = ", ".join(f"{m} {walls[m] / base:.2f}x" for m in METHODS)
+    print(f"run wall time against the project's forkserver: {ratios}")
 
 
 if __name__ == "__main__":
