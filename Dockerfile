@@ -52,6 +52,11 @@ ENV DAGSTER_HOME=/opt/dagster/dagster_home \
 # chosen by the device plugin per pod (nvidia.com/gpu): never NVIDIA_VISIBLE_DEVICES=all here,
 # which would show every GPU of a node to CPU pods scheduled there.
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# malloc asks for transparent huge pages (glibc 2.35+; bookworm has 2.36): CTranslate2's large
+# CPU buffers are fresh mappings every batch, and faulting them in 4 KiB pages cost about a
+# quarter of a transcription step's CPU (whisper_pipeline.core.memory). The multiprocess
+# executor sets the same for its own step processes; a pod's env can override it.
+ENV GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 # faster-whisper's pip route: the wheels' lib folders on the loader's path. Static paths, checked
 # by the RUN below (a wrong one fails the build instead of the first GPU step).
 ENV LD_LIBRARY_PATH=/opt/venv/lib/python${PYTHON_VERSION}/site-packages/nvidia/cublas/lib:/opt/venv/lib/python${PYTHON_VERSION}/site-packages/nvidia/cudnn/lib

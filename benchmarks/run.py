@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4,5,6]
-                             [--out benchmarks/out]
+    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4,5,6,7]
+                             [--out benchmarks/out] [--malloc-hugepages]
                              [--limit N] [--short-clips 120] [--batch-size 8]
                              [--model DIR] [--device cpu] [--compute-type int8]
                              [--cpu-threads 0] [--num-workers 0]
@@ -27,8 +27,15 @@ another model directory), device and compute type, and beam size 5:
    share windows, ``core.packing``).
 6. **Dagster CLI without window packing** (ablation of 4): the same, with the ``whisper``
    resource's ``pack_windows: false`` in run config.
+7. **Dagster CLI without huge pages for malloc** (ablation of 4): the same, with
+   ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` in the CLI's environment, which the executor then
+   leaves as it is (by default it gives its step processes ``glibc.malloc.hugetlb=1``,
+   ``core.memory.hugepage_malloc_tunables``).
 
 Methods 3 and 4 run with the pipeline's defaults (word timestamps on, window packing on).
+The in-process methods (1-3, 5) run in the environment they are given, as a user's own process
+would: glibc's default small pages, unless ``--malloc-hugepages`` starts every worker with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which puts the baselines on the same footing.
 
 Each method runs in a fresh worker subprocess, so imports, model load and peak memory are measured
 per method. Input sets: ``corpus`` (every file of ``../shared/corpus/manifest.csv``, or of
@@ -78,6 +85,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.core.memory import GLIBC_TUNABLES, HUGEPAGE_TUNABLE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPOSITORY / "benchmarks" / "out"
@@ -90,8 +98,9 @@ METHODS = {
     4: "Dagster partition via CLI",
     5: "core, packing off",
     6: "Dagster CLI, packing off",
+    7: "Dagster CLI, huge pages off",
 }
-CLI_METHODS = (4, 6)
+CLI_METHODS = (4, 6, 7)
 """Methods that run the Dagster CLI (process-tree memory, the transcription op's idle time)."""
 SENTENCE_SEED = 20261120
 MIN_WORDS, MAX_WORDS = 6, 20
@@ -589,14 +598,19 @@ class TreeMemorySampler(threading.Thread):
 
 
 def run_dagster_cli(
-    inputs: list[AudioInput], config: ModelConfig, log_path: Path, pack_windows: bool = True
+    inputs: list[AudioInput],
+    config: ModelConfig,
+    log_path: Path,
+    pack_windows: bool = True,
+    hugepages: bool = True,
 ) -> dict:
-    """Methods 4 and 6: materialize one partition of every asset through the Dagster CLI.
+    """Methods 4, 6 and 7: materialize one partition of every asset through the Dagster CLI.
 
     The inputs are copied to ``ROOT/raw/<PARTITION>/<name>`` of a temporary storage root, with a
     temporary ``DAGSTER_HOME`` holding a copy of the repository's ``dagster.yaml``; the model
     settings go in as run config of the ``whisper`` resource. The CLI's output is written to
-    ``log_path``.
+    ``log_path``. ``hugepages=False`` sets ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` for the
+    CLI (method 7).
 
     Returns:
         ``texts`` (name to transcript), ``errors`` (name to message), ``wall_s`` (the whole
@@ -626,6 +640,8 @@ def run_dagster_cli(
         home.mkdir()
         shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
         env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
+        if not hugepages:
+            env[GLIBC_TUNABLES] = f"{HUGEPAGE_TUNABLE}=0"
         command = materialize_command(PARTITION, "--config-json", json.dumps(run_config))
         subreaper = become_subreaper()
         sampler = TreeMemorySampler()
@@ -706,7 +722,8 @@ def run_worker(args: argparse.Namespace) -> int:
         result = run_core(inputs, config, pack_windows=args.worker == 3)
     else:
         log_path = Path(payload["log_path"])
-        result = run_dagster_cli(inputs, config, log_path, pack_windows=args.worker == 4)
+        pack_windows, hugepages = args.worker != 6, args.worker != 7
+        result = run_dagster_cli(inputs, config, log_path, pack_windows, hugepages)
     if args.worker in CLI_METHODS:
         result.update(peak_rss_mib=peak_rss_children_mib(), rss_scope="child")
     else:
@@ -897,6 +914,7 @@ def machine_info(config: ModelConfig) -> dict:
         "ctranslate2": _package_version("ctranslate2"),
         "faster-whisper": _package_version("faster-whisper"),
         "dagster": _package_version("dagster"),
+        "GLIBC_TUNABLES (in-process methods)": os.environ.get(GLIBC_TUNABLES, "unset"),
     }
     if config.device != "cpu" and shutil.which("nvidia-smi"):
         query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
@@ -928,6 +946,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", default="corpus,many-short", help="comma-separated sets")
     parser.add_argument("--methods", default="1,2,3,4,5,6", help="comma-separated method numbers")
+    parser.add_argument(
+        "--malloc-hugepages",
+        action="store_true",
+        help=f"start every worker with {GLIBC_TUNABLES}={HUGEPAGE_TUNABLE}=1",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     parser.add_argument("--limit", type=int, help="use only the first N files of each set")
     parser.add_argument("--short-clips", type=int, default=120, help="clips in many-short")
@@ -956,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if unknown:
         sys.exit(f"unknown method or input set: {unknown}")
+    if args.malloc_hugepages:  # every worker subprocess inherits it
+        os.environ[GLIBC_TUNABLES] = f"{HUGEPAGE_TUNABLE}=1"
     if args.model:
         model = str(Path(args.model).resolve())
     else:

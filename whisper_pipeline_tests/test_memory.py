@@ -1,7 +1,15 @@
+import ast
+import ctypes
+import os
+import resource
 import subprocess
 import sys
 
+import dagster as dg
 import pytest
+
+from whisper_pipeline.core.memory import GLIBC_TUNABLES, hugepage_malloc_tunables
+from whisper_pipeline.definitions import executor
 
 SCRIPT = """
 import sys
@@ -34,3 +42,84 @@ def test_release_free_memory_returns_the_freed_heap_to_the_system():
     # Blocks of 1 to 11 MiB (three alive at a time) freed between small blocks that stay, as a
     # model's batch buffers are: glibc keeps them in its heap arenas, resident, until trimmed.
     assert rss_after_churn("trim") + 20 < rss_after_churn("keep")
+
+
+def test_hugepage_tunable_is_added_once_and_never_overrides_a_setting():
+    environ = {}
+    assert hugepage_malloc_tunables(environ)
+    assert environ == {GLIBC_TUNABLES: "glibc.malloc.hugetlb=1"}
+    assert not hugepage_malloc_tunables(environ)  # already there: unchanged
+    assert environ == {GLIBC_TUNABLES: "glibc.malloc.hugetlb=1"}
+    environ = {GLIBC_TUNABLES: "glibc.malloc.arena_max=2"}
+    assert hugepage_malloc_tunables(environ)
+    assert environ[GLIBC_TUNABLES] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    environ = {GLIBC_TUNABLES: "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2"}
+    assert not hugepage_malloc_tunables(environ)  # the user's explicit choice (the ablation)
+    assert environ[GLIBC_TUNABLES] == "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2"
+
+
+FAULTS_SCRIPT = """
+import ctypes, resource, sys
+import dagster as dg
+from whisper_pipeline_tests.test_memory import fault_job
+with dg.instance_for_test() as instance:
+    with dg.execute_job(dg.reconstructable(fault_job), instance) as result:
+        assert result.success
+        print(result.output_for_node("touch_malloc_block"))
+"""
+
+BLOCK_BYTES = 64 * 2**20
+
+
+@dg.op
+def touch_malloc_block() -> tuple:
+    """Minor page faults of writing a fresh 64 MiB ``malloc`` block, and ``GLIBC_TUNABLES``."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(BLOCK_BYTES)
+    ctypes.memset(block, 1, BLOCK_BYTES)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    libc.free(block)
+    return faults, os.environ.get(GLIBC_TUNABLES)
+
+
+@dg.job(executor_def=executor)
+def fault_job():
+    touch_malloc_block()
+
+
+def step_faults(tunables: str | None) -> tuple[int, str | None]:
+    env = {k: v for k, v in os.environ.items() if k != GLIBC_TUNABLES}
+    env.update({} if tunables is None else {GLIBC_TUNABLES: tunables})
+    completed = subprocess.run(
+        [sys.executable, "-c", FAULTS_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    faults, seen = ast.literal_eval(completed.stdout.strip().splitlines()[-1])
+    return faults, seen
+
+
+def hugepages_available() -> bool:
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    version = os.confstr("CS_GNU_LIBC_VERSION").split()[-1]  # "glibc 2.36"
+    return "[never]" not in mode and tuple(map(int, version.split(".")[:2])) >= (2, 35)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hugepages_available(), reason="needs THP and glibc 2.35+")
+def test_step_processes_fault_malloc_blocks_in_huge_pages():
+    # The project's executor, a real forkserver and step process: a 64 MiB block is 16,384
+    # pages of 4 KiB, or 32 huge pages of 2 MiB.
+    faults, seen = step_faults(None)
+    assert seen == "glibc.malloc.hugetlb=1"
+    assert faults < 2000
+    # An explicit setting wins: the ablation gets the small pages.
+    faults, seen = step_faults("glibc.malloc.hugetlb=0")
+    assert seen == "glibc.malloc.hugetlb=0"
+    assert faults >= BLOCK_BYTES // 4096
