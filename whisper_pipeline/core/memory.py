@@ -68,9 +68,9 @@ def hugepage_malloc_tunables(environ: MutableMapping[str, str] | None = None) ->
     processes exec'd afterwards read it (the multiprocess executor's forkserver and the step
     processes it forks), never the running one.
 
-    Measured on a 2-core AMD EPYC, tiny.en int8: a batch of 8 encoder windows 3.1 s instead of
-    4.2 s (page faults 13 times fewer), the corpus partition's transcription step 48.6 s
-    instead of 54.0 s; peak RSS about 2% higher (``benchmarks/RESULTS.md``).
+    Measured on a 2-core AMD EPYC, tiny.en int8: a batch of 8 encoder windows 2.8 s instead of
+    3.95 s (``benchmarks/page_faults.py``: 65,000 page faults instead of 842,000), the corpus
+    partition through the CLI 1.18x faster; peak RSS about 2% higher (``benchmarks/RESULTS.md``).
 
     Returns:
         Whether the tunable was added.
