@@ -20,6 +20,9 @@ STEP_ENDS = (
 )
 """Event types that end a step attempt (``step_intervals``)."""
 
+STEP_BEGINS = (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED)
+"""Event types that begin a step attempt: a retried attempt begins with ``STEP_RESTARTED``."""
+
 
 def peak_rss_mib() -> float:
     """This process's peak resident set size in MiB (``getrusage``; Linux reports KiB).
@@ -33,17 +36,18 @@ def peak_rss_mib() -> float:
 def step_intervals(instance: dg.DagsterInstance, run_id: str, op_name: str) -> list[tuple]:
     """Wall-clock ``(start, end)`` epoch seconds of each attempt of an op's steps in a run.
 
-    Read from the run's event log (``STEP_START`` to success, failure or retry), so it covers
-    steps that ran in other processes. A step still running has no interval.
+    Read from the run's event log (``STEP_START``, or ``STEP_RESTARTED`` for a retried attempt,
+    to success, failure or retry), so it covers steps that ran in other processes and every
+    attempt of a retried step. A step still running has no interval.
     """
-    records = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, *STEP_ENDS})
+    records = instance.all_logs(run_id, of_type={*STEP_BEGINS, *STEP_ENDS})
     starts: dict[str, float] = {}
     intervals = []
     for record in sorted(records, key=lambda r: r.timestamp):
         step = record.step_key or ""
         if step.rsplit(".", 1)[-1].split("[", 1)[0] != op_name:
             continue
-        if record.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+        if record.dagster_event.event_type in STEP_BEGINS:
             starts[step] = record.timestamp
         elif step in starts:
             intervals.append((starts.pop(step), record.timestamp))

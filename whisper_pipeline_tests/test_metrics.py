@@ -1,7 +1,8 @@
+import dagster as dg
 import pyarrow as pa
 import pytest
 
-from whisper_pipeline.metrics import idle_metrics, preview_markdown
+from whisper_pipeline.metrics import idle_metrics, preview_markdown, step_intervals
 
 
 @pytest.mark.parametrize(
@@ -151,3 +152,32 @@ def test_transcripts_metadata_sums_this_runs_shards():
         "shards": 2,
     }
     assert transcripts_metadata(transcripts, [], contents=7)["contents_from_cache"] == 7
+
+
+@dg.op(retry_policy=dg.RetryPolicy(max_retries=1))
+def flaky_transcription(context: dg.OpExecutionContext) -> None:
+    if context.retry_number == 0:
+        raise RuntimeError("first attempt fails")
+
+
+@dg.op
+def other_op() -> None:
+    pass
+
+
+@dg.job
+def retried_job():
+    flaky_transcription()
+    other_op()
+
+
+def test_step_intervals_cover_every_attempt_of_a_retried_step():
+    with dg.instance_for_test() as instance:
+        result = retried_job.execute_in_process(instance=instance)
+        assert result.success
+        intervals = step_intervals(instance, result.run_id, "flaky_transcription")
+        restarted = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_RESTARTED)
+    assert len(restarted) == 1  # the second attempt begins with STEP_RESTARTED, not STEP_START
+    assert len(intervals) == 2
+    (first_start, first_end), (second_start, second_end) = sorted(intervals)
+    assert first_start <= first_end <= second_start <= second_end
