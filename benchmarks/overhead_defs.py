@@ -4,7 +4,8 @@ Only for ``benchmarks/step_overhead.py``: ``OVERHEAD_START_METHOD`` is ``forkser
 project's setting, preloading ``whisper_pipeline.preload``), ``forkserver-no-pyarrow`` (the
 same without pandas and ``pyarrow.dataset``: Dagster, the instance's storage and the code
 location, as the project preloaded before 2026-11-26) or ``spawn`` (Dagster's default).
-Everything but the executor is ``whisper_pipeline.definitions.defs`` itself.
+Everything but the executor's start method is ``whisper_pipeline.definitions.defs`` itself
+(the executor is the project's ``multiprocess_executor``).
 """
 
 import os
@@ -28,5 +29,5 @@ defs = dg.Definitions(
     schedules=definitions.defs.schedules,
     sensors=definitions.defs.sensors,
     resources=definitions.defs.resources,
-    executor=dg.multiprocess_executor.configured(config),
+    executor=definitions.multiprocess_executor.configured(config),
 )

@@ -73,7 +73,7 @@ def run_once(method: str, landing_source: Path, work: Path) -> dict:
 
 
 def main() -> None:
-    """Run both start methods on the same clips and print the comparison."""
+    """Run every start method on the same clips and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=6, help="short corpus clips to use")
     parser.add_argument("--rounds", type=int, default=1, help="runs per start method")
