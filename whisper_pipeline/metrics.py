@@ -24,6 +24,30 @@ STEP_BEGINS = (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTE
 """Event types that begin a step attempt: a retried attempt begins with ``STEP_RESTARTED``."""
 
 
+def cpu_usage() -> tuple[float, float, int]:
+    """This process's CPU time so far, all threads: ``(user s, system s, minor page faults)``.
+
+    From ``getrusage(RUSAGE_SELF)``. System time and minor page faults show how much of a step's
+    CPU went to the kernel, e.g. faulting in fresh buffers (``core.memory``).
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime, usage.ru_minflt
+
+
+def cpu_metadata(before: tuple[float, float, int], after: tuple[float, float, int]) -> dict:
+    """Step metadata from two ``cpu_usage`` samples: the CPU spent between them.
+
+    Returns:
+        ``cpu_user_seconds``, ``cpu_system_seconds`` (both summed over threads, so up to the
+        wall time times the cores used) and ``minor_page_faults``.
+    """
+    return {
+        "cpu_user_seconds": round(after[0] - before[0], 2),
+        "cpu_system_seconds": round(after[1] - before[1], 2),
+        "minor_page_faults": after[2] - before[2],
+    }
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size in MiB (``getrusage``; Linux reports KiB).
 

@@ -158,7 +158,8 @@ def test_words_language_and_subtitles_for_every_transcribed_file(corpus_run):
 
 def test_transcription_steps_report_what_window_packing_did(corpus_run):
     # Each transcription step says, where users look (the step's output in the UI), which
-    # packed chunks came back out of shared windows and whether packing stopped.
+    # packed chunks came back out of shared windows and whether packing stopped, and the CPU
+    # its decoding took.
     import dagster as dg
 
     _, _, home = corpus_run
@@ -172,6 +173,9 @@ def test_transcription_steps_report_what_window_packing_did(corpus_run):
     ]
     assert len(reports) >= 2  # the run is sharded
     for report in reports:
+        # The CPU it took: most of it the model's own work, not the kernel's (core.memory).
+        assert report["cpu_user_seconds"] > 0 and report["minor_page_faults"] > 0
+        assert 0 <= report["cpu_system_seconds"] < 0.5 * report["cpu_user_seconds"], report
         assert isinstance(report["window_packing_stopped"], bool)
         out = report["packed_chunks_out"]
         assert all(isinstance(count, int) and count > 0 for count in out.values()), out

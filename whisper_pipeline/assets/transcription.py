@@ -44,6 +44,8 @@ from whisper_pipeline.core.staging import (
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.metrics import (
     audio_files_metadata,
+    cpu_metadata,
+    cpu_usage,
     idle_metrics,
     peak_rss_mib,
     preview_markdown,
@@ -250,6 +252,7 @@ def transcribe_shard(
     started = time.perf_counter()
     transcriber = whisper.transcriber()
     loaded = time.perf_counter()
+    usage = cpu_usage()
     shard_dir = shard.plan.shard_dir
     results = []
     progress = Progress(
@@ -266,6 +269,7 @@ def transcribe_shard(
             progress.advance(len(done), sum(frames[r.key] for r in done) / FRAMES_PER_SECOND)
             release_free_memory()  # the heap must not grow with the chunks done (core.memory)
     finished = time.perf_counter()
+    decode_cpu = cpu_metadata(usage, cpu_usage())
     files = store.read_parquet(posixpath.join(shard_dir, FILES_FILE)).to_pylist()
     assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())
     write_results(store, shard.plan.run_dir, shard.plan.options_key, assembled)
@@ -294,6 +298,9 @@ def transcribe_shard(
             "model_load_seconds": round(loaded - started, 2),
             "generate_calls": transcriber.generate_calls,
             "word_alignment_seconds": round(transcriber.align_s, 2),
+            # CPU of the step's process while it decoded (all threads): a large system share
+            # means the kernel is faulting in fresh buffers (``core.memory``, huge pages).
+            **decode_cpu,
             "peak_rss_mib": round(peak),
             # Packed chunks decoded again, by reason (``core.packing``), and whether packing
             # stopped for this step (``core.batching.PACK_STOP_OUT_FRACTION``).
