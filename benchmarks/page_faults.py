@@ -17,7 +17,6 @@ the last encoder output. Prints a Markdown table and the ratios of the means.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,15 +24,10 @@ import time
 from pathlib import Path
 
 from whisper_pipeline.core.memory import GLIBC_TUNABLES, HUGEPAGE_TUNABLE
+from whisper_pipeline.metrics import cpu_usage
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 MODES = {"small pages": "0", "huge pages": "1"}
-
-
-def usage() -> tuple[int, float, float]:
-    """This process's minor page faults, user and system CPU seconds so far."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_minflt, r.ru_utime, r.ru_stime
 
 
 def measure(encodes: int, batch: int) -> dict:
@@ -60,24 +54,24 @@ def measure(encodes: int, batch: int) -> dict:
             break
     features = pad_features(windows)
     output = model.encode(features)  # warm-up (faster-whisper's encode: a StorageView)
-    faults, user, system = usage()
+    user, system, faults = cpu_usage()
     started = time.perf_counter()
     for _ in range(encodes):
         output = model.encode(features)
-    encode = usage()
+    encode_user, encode_system, encode_faults = cpu_usage()
     encode_wall = time.perf_counter() - started
     prompt = [model.hf_tokenizer.token_to_id("<|startoftranscript|>")]
     started = time.perf_counter()
     for _ in range(3):
         model.model.generate(output, [prompt] * len(windows), beam_size=5, max_length=100)
-    decode = usage()
+    decode_faults = cpu_usage()[2]
     return {
         "encode_wall_s": encode_wall / encodes,
-        "encode_user_s": (encode[1] - user) / encodes,
-        "encode_sys_s": (encode[2] - system) / encodes,
-        "encode_faults": (encode[0] - faults) / encodes,
+        "encode_user_s": (encode_user - user) / encodes,
+        "encode_sys_s": (encode_system - system) / encodes,
+        "encode_faults": (encode_faults - faults) / encodes,
         "generate_wall_s": (time.perf_counter() - started) / 3,
-        "generate_faults": (decode[0] - encode[0]) / 3,
+        "generate_faults": (decode_faults - encode_faults) / 3,
         "tunables": os.environ.get(GLIBC_TUNABLES, ""),
         "ctranslate2": ctranslate2.__version__,
     }

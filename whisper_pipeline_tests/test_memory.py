@@ -1,7 +1,6 @@
 import ast
 import ctypes
 import os
-import resource
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 
 from whisper_pipeline.core.memory import GLIBC_TUNABLES, hugepage_malloc_tunables
 from whisper_pipeline.definitions import executor
+from whisper_pipeline.metrics import cpu_usage
 
 SCRIPT = """
 import sys
@@ -78,10 +78,10 @@ def touch_malloc_block() -> tuple:
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = cpu_usage()[2]
     block = libc.malloc(BLOCK_BYTES)
     ctypes.memset(block, 1, BLOCK_BYTES)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    faults = cpu_usage()[2] - before
     libc.free(block)
     return faults, os.environ.get(GLIBC_TUNABLES)
 
