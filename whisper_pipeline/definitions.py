@@ -5,6 +5,8 @@ settings; the assets, checks, jobs, schedules and sensors are the same in every 
 Importing this module never touches CUDA or loads a model (the forkserver preloads it).
 """
 
+import gc
+
 import dagster as dg
 
 from whisper_pipeline.assets.manifest import audio_manifest
@@ -36,8 +38,16 @@ def _create_multiprocess_executor(init_context: dg.InitExecutorContext) -> dg.Ex
     Runs in the run's process before any step starts, so the forkserver the executor execs,
     and every step process forked from it, reads ``glibc.malloc.hugetlb=1``
     (``core.memory.hugepage_malloc_tunables``: the corpus partition's transcription step 10%
-    faster). The run's own process is left as it is.
+    faster); the run's own ``malloc`` is left as it is.
+
+    It also freezes the run process's objects (``gc.freeze``): Dagster, the code location and
+    the instance, all alive until the run ends. The process then only polls its steps, and its
+    exit no longer collects them: 0.7 s less after a CLI partition's last event
+    (``benchmarks/cli_timeline.py``). The objects are not collected, even as garbage, for the
+    rest of the process: nothing for a run process, a bounded few thousand per
+    ``execute_job`` in a process that runs many.
     """
+    gc.freeze()
     hugepage_malloc_tunables()
     return dg.multiprocess_executor.executor_creation_fn(init_context)
 

@@ -1,5 +1,6 @@
 import ast
 import ctypes
+import gc
 import os
 import subprocess
 import sys
@@ -59,13 +60,14 @@ def test_hugepage_tunable_is_added_once_and_never_overrides_a_setting():
 
 
 FAULTS_SCRIPT = """
-import ctypes, resource, sys
+import ctypes, gc, resource, sys
 import dagster as dg
 from whisper_pipeline_tests.test_memory import fault_job
 with dg.instance_for_test() as instance:
     with dg.execute_job(dg.reconstructable(fault_job), instance) as result:
         assert result.success
-        print(result.output_for_node("touch_malloc_block"))
+        frozen = result.output_for_node("count_frozen_objects"), gc.get_freeze_count()
+        print((result.output_for_node("touch_malloc_block"), frozen))
 """
 
 BLOCK_BYTES = 64 * 2**20
@@ -86,20 +88,31 @@ def touch_malloc_block() -> tuple:
     return faults, os.environ.get(GLIBC_TUNABLES)
 
 
+@dg.op
+def count_frozen_objects() -> int:
+    """Objects in the step process's permanent GC generation (``gc.freeze``)."""
+    return gc.get_freeze_count()
+
+
 @dg.job(executor_def=executor)
 def fault_job():
     touch_malloc_block()
+    count_frozen_objects()
 
 
-def step_faults(tunables: str | None) -> tuple[int, str | None]:
+def run_fault_job(tunables: str | None) -> tuple[tuple[int, str | None], tuple[int, int]]:
+    """``((faults, GLIBC_TUNABLES), (step's frozen objects, run process's))`` of a real run."""
     env = {k: v for k, v in os.environ.items() if k != GLIBC_TUNABLES}
     env.update({} if tunables is None else {GLIBC_TUNABLES: tunables})
     completed = subprocess.run(
         [sys.executable, "-c", FAULTS_SCRIPT], env=env, capture_output=True, text=True
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    faults, seen = ast.literal_eval(completed.stdout.strip().splitlines()[-1])
-    return faults, seen
+    return ast.literal_eval(completed.stdout.strip().splitlines()[-1])
+
+
+def step_faults(tunables: str | None) -> tuple[int, str | None]:
+    return run_fault_job(tunables)[0]
 
 
 def hugepages_available() -> bool:
@@ -123,3 +136,13 @@ def test_step_processes_fault_malloc_blocks_in_huge_pages():
     faults, seen = step_faults("glibc.malloc.hugetlb=0")
     assert seen == "glibc.malloc.hugetlb=0"
     assert faults >= BLOCK_BYTES // 4096
+
+
+@pytest.mark.slow
+def test_step_and_run_processes_freeze_what_outlives_the_run():
+    # The forkserver freezes what it preloaded (Dagster, pandas, pyarrow, the code location:
+    # a few hundred thousand objects) before forking the step; the run process freezes its own
+    # when it creates the executor. Without gc.freeze both counts are 0.
+    step_frozen, run_frozen = run_fault_job(None)[1]
+    assert step_frozen > 100_000
+    assert run_frozen > 100_000
