@@ -27,8 +27,14 @@ EXECUTOR_CONFIG = {
     # across runs.
     "tag_concurrency_limits": [{"key": ACCELERATOR_TAG_KEY, "value": "gpu", "limit": 1}],
     # Step processes fork from a server that has already imported dagster, the instance's
-    # storage and this code location, instead of re-importing them for every step.
-    "start_method": {"forkserver": {"preload_modules": ["whisper_pipeline.preload"]}},
+    # storage and this code location, instead of re-importing them for every step. Dagster's
+    # own module is named so that Dagster does not import it ahead of ours, with the garbage
+    # collector running (``whisper_pipeline.preload`` imports it with the collector paused).
+    "start_method": {
+        "forkserver": {
+            "preload_modules": ["whisper_pipeline.preload", "dagster._core.executor.multiprocess"]
+        }
+    },
 }
 
 

@@ -11,27 +11,48 @@ instead (``benchmarks/step_overhead.py``). Importing touches no CUDA device and 
 OpenBLAS's pool (numpy), which OpenBLAS shuts down before a fork and restarts in the child, so
 forking afterwards is safe. onnxruntime (Silero VAD) is left out: its import starts a thread.
 
-Last, everything imported is frozen (``gc.freeze``), as Python's ``gc`` documentation advises
-before ``fork()`` without ``exec()``: the cyclic collector of every step process forked from here
-skips those objects instead of traversing them (touching their pages, which copy-on-write then
-copies), and the forkserver's own exit at the end of the run no longer collects them. That exit
-took 0.6 s of two cores' CPU while the CLI waited on its output pipes
-(``benchmarks/cli_timeline.py``; ``benchmarks/RESULTS.md``).
+The cyclic garbage collector is paused while they are imported: imports make few cycles, but
+every few thousand new objects set off a collection that traverses all the older ones, a quarter
+of the import time (1.6 s against 1.2 s for the whole list, on the 2-core AMD EPYC of
+``benchmarks/RESULTS.md``), and this import is what the run's first step waits for. Then
+everything imported is frozen (``gc.freeze``), as Python's ``gc`` documentation advises before
+``fork()`` without ``exec()``: the collector of every step process forked from here skips those
+objects instead of traversing them (touching their pages, which copy-on-write then copies), and
+the forkserver's own exit at the end of the run no longer collects them. That exit took 0.6 s of
+CPU while the CLI waited on its output pipes (``benchmarks/cli_timeline.py``).
 """
 
 import gc
+import importlib
 import importlib.util
 
-import dagster  # noqa: F401
-import dagster._core.storage.root  # noqa: F401
-import dagster._core.storage.sqlite_storage  # noqa: F401
-import pandas  # noqa: F401
-import pyarrow.dataset  # noqa: F401
-import pyarrow.parquet  # noqa: F401
+PRELOADED = (
+    # Dagster's multiprocess executor imports this first of all when no preload list names it;
+    # the executor's list (``definitions.EXECUTOR_CONFIG``) names it after this module, so it is
+    # imported here, with the collector paused, instead.
+    "dagster._core.executor.multiprocess",
+    "dagster",
+    "dagster._core.storage.root",
+    "dagster._core.storage.sqlite_storage",
+    "pandas",
+    "pyarrow.dataset",
+    "pyarrow.parquet",
+    "whisper_pipeline.definitions",
+)
+"""Modules imported, in order; ``dagster_postgres`` too where it is installed."""
 
-import whisper_pipeline.definitions  # noqa: F401
 
-if importlib.util.find_spec("dagster_postgres") is not None:
-    import dagster_postgres  # noqa: F401
+def _preload() -> None:
+    names = list(PRELOADED)
+    if importlib.util.find_spec("dagster_postgres") is not None:
+        names.append("dagster_postgres")
+    gc.disable()
+    try:
+        for name in names:
+            importlib.import_module(name)
+    finally:
+        gc.freeze()
+        gc.enable()
 
-gc.freeze()
+
+_preload()
