@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4,5,6,7]
                              [--out benchmarks/out] [--malloc-hugepages]
-                             [--limit N] [--short-clips 120] [--batch-size 8]
+                             [--limit N] [--short-clips 120] [--batch-size 8] [--repeat 1]
                              [--model DIR] [--device cpu] [--compute-type int8]
                              [--cpu-threads 0] [--num-workers 0]
 
@@ -38,7 +38,12 @@ would: glibc's default small pages, unless ``--malloc-hugepages`` starts every w
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which puts the baselines on the same footing.
 
 Each method runs in a fresh worker subprocess, so imports, model load and peak memory are measured
-per method. Input sets: ``corpus`` (every file of ``../shared/corpus/manifest.csv``, or of
+per method. With ``--repeat N`` the methods of an input set run in N rounds (round 1: each method
+once, in the order given; then round 2; ...), so a slow spell of a shared machine falls on every
+method alike: a row's wall time is the median of its N runs, its speed-up the ratio of medians,
+and the notes list every run's wall time. Its WER, memory and metadata are the first run's.
+
+Input sets: ``corpus`` (every file of ``../shared/corpus/manifest.csv``, or of
 ``$WHISPER_PIPELINE_CORPUS``) and ``many-short`` (``--short-clips`` English sentences synthesized
 offline with Piper, cached under ``OUT/many_short/``).
 
@@ -50,7 +55,8 @@ Reading the table:
   which is the point).
 - *RTF*: real-time factor, wall seconds / audio seconds; lower is faster (0.1 = ten times faster
   than real time).
-- *speed-up vs 1*: method 1's wall time / this method's, same input set and invocation.
+- *speed-up vs 1*: method 1's wall time / this method's, same input set and invocation (medians
+  with ``--repeat``).
 - *WER*: corpus-level word error rate (Whisper English normalizer + jiwer) over the files that
   have an English reference; other files are transcribed and timed but not scored.
 - *peak RSS*: methods 1-3, the worker's own peak resident memory (``VmHWM``; see
@@ -72,6 +78,7 @@ import platform
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -802,6 +809,17 @@ def summarize(input_set: str, method: int, inputs: list[AudioInput], result: dic
     }
 
 
+def merge_repeats(row: dict, walls: list[float]) -> dict:
+    """A row whose wall time (and RTF) is the median of ``walls``, each run's wall time in seconds.
+
+    ``row`` is the first run's (``summarize``); with one run it is returned as it is.
+    """
+    if len(walls) < 2 or "failed" in row:
+        return row
+    wall = statistics.median(walls)
+    return {**row, "wall_s": wall, "rtf": wall / row["audio_s"], "walls_s": walls}
+
+
 def add_speedups(rows: list[dict]) -> None:
     """Set each row's ``speedup``: method 1's wall time / its own, within the same input set."""
     baseline = {
@@ -859,6 +877,12 @@ def markdown_table(rows: list[dict]) -> str:
             "(those with an English reference)."
         )
     for row in rows:
+        if "walls_s" in row:
+            walls = ", ".join(f"{wall:.1f}" for wall in row["walls_s"])
+            notes.append(
+                f"- {row['input_set']} / method {row['method']}: wall times {walls} s "
+                f"(median {row['wall_s']:.1f} s)."
+            )
         if row["method"] in CLI_METHODS and "tree_peak_pss_mib" in row:
             notes.append(
                 f"- {row['input_set']} / method {row['method']}: whole process tree peaked at "
@@ -961,6 +985,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=0, help="methods 3-4; 0: auto")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8, help="chunks per batch (2-4)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every method; rows report the median"
+    )
     parser.add_argument("--worker", type=int, choices=sorted(METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--inputs-file", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -1005,14 +1032,21 @@ def main(argv: list[str] | None = None) -> int:
         inputs = load_input_set(input_set, args.limit, args.short_clips, out)
         audio_s = sum(item.duration_s for item in inputs)
         print(f"{input_set}: {len(inputs)} files, {audio_s:.1f} s of audio", file=sys.stderr)
-        for method in methods:
-            log_path = out / "logs" / f"{input_set}-method{method}.log"
-            with tempfile.TemporaryDirectory(prefix="whisper_bench_worker_") as scratch:
-                result = run_method(method, inputs, config, Path(scratch), log_path)
-            row = summarize(input_set, method, inputs, result)
-            rows.append(row)
-            status = row.get("failed") or f"{row['wall_s']:.1f} s"
-            print(f"  method {method} ({METHODS[method]}): {status}", file=sys.stderr)
+        first: dict[int, dict] = {}
+        walls: dict[int, list[float]] = {method: [] for method in methods}
+        for _ in range(max(1, args.repeat)):
+            for method in methods:
+                log_path = out / "logs" / f"{input_set}-method{method}.log"
+                with tempfile.TemporaryDirectory(prefix="whisper_bench_worker_") as scratch:
+                    result = run_method(method, inputs, config, Path(scratch), log_path)
+                row = summarize(input_set, method, inputs, result)
+                if "failed" in row or method not in first:  # any failed run fails the row
+                    first[method] = row
+                if "failed" not in row:
+                    walls[method].append(row["wall_s"])
+                status = row.get("failed") or f"{row['wall_s']:.1f} s"
+                print(f"  method {method} ({METHODS[method]}): {status}", file=sys.stderr)
+        rows += [merge_repeats(first[method], walls[method]) for method in methods]
     add_speedups(rows)
     text = report(rows, info, config)
     (out / "results.md").write_text(text)
