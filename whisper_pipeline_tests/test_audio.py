@@ -24,6 +24,34 @@ def test_probe_and_decode_every_corpus_format(corpus, row):
     assert waveform.shape[0] / audio.SAMPLE_RATE == pytest.approx(float(row["duration_s"]), abs=0.1)
 
 
+@requires_corpus
+@pytest.mark.parametrize("row", FORMAT_ROWS, ids=[r["file"] for r in FORMAT_ROWS])
+def test_short_probe_decodes_the_samples_ffmpeg_defaults_decode(corpus, row):
+    # The first try reads 32 KiB to identify the format, not FFmpeg's 5 MB: the same samples.
+    with open(corpus / row["file"], "rb") as handle:
+        short = np.concatenate(list(audio._decode_pcm16(handle, audio.DECODE_PROBE_OPTIONS)))
+        handle.seek(0)
+        default = np.concatenate(list(audio._decode_pcm16(handle, None)))
+    assert short.dtype == np.int16 and short.size > 0
+    np.testing.assert_array_equal(short, default)
+
+
+@requires_corpus
+def test_a_file_the_first_try_cannot_open_is_decoded_with_ffmpeg_defaults(corpus, monkeypatch):
+    with open(corpus / "formats/jfk.mp3", "rb") as handle:
+        data = handle.read()
+    expected = np.concatenate(list(audio._decode_pcm16(io.BytesIO(data), None)))
+    # A probe size FFmpeg rejects makes every first try fail before its first block.
+    monkeypatch.setattr(audio, "DECODE_PROBE_OPTIONS", {"probesize": "1"})
+    with pytest.raises(audio.AudioError):
+        next(audio._decode_pcm16(io.BytesIO(data), audio.DECODE_PROBE_OPTIONS))
+    decoded = np.concatenate(list(audio.decode_pcm16(io.BytesIO(data))))
+    np.testing.assert_array_equal(decoded, expected)
+    # A file no options can read still raises, with FFmpeg's defaults' reason.
+    with pytest.raises(audio.AudioError, match="not readable as audio"):
+        list(audio.decode_pcm16(io.BytesIO(b"hello, this is a text file named .mp3\n")))
+
+
 def test_fingerprint_is_sha256_of_content():
     data = b"not audio at all" * 100_000
     expected = __import__("hashlib").sha256(data).hexdigest()
