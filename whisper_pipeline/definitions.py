@@ -48,7 +48,7 @@ def _create_multiprocess_executor(init_context: dg.InitExecutorContext) -> dg.Ex
 
     It also freezes the run process's objects (``gc.freeze``): Dagster, the code location and
     the instance, all alive until the run ends. The process then only polls its steps, and its
-    exit no longer collects them: 0.7 s less after a CLI partition's last event
+    exit no longer collects them: 0.5-0.7 s less after a CLI partition's last event
     (``benchmarks/cli_timeline.py``). The objects are not collected, even as garbage, for the
     rest of the process: nothing for a run process, a bounded few thousand per
     ``execute_job`` in a process that runs many.

@@ -18,8 +18,8 @@ of the import time (1.6 s against 1.2 s for the whole list, on the 2-core AMD EP
 everything imported is frozen (``gc.freeze``), as Python's ``gc`` documentation advises before
 ``fork()`` without ``exec()``: the collector of every step process forked from here skips those
 objects instead of traversing them (touching their pages, which copy-on-write then copies), and
-the forkserver's own exit at the end of the run no longer collects them. That exit took 0.6 s of
-CPU while the CLI waited on its output pipes (``benchmarks/cli_timeline.py``).
+the forkserver's own exit at the end of the run no longer collects them. That exit took 0.6-0.8 s
+of CPU while the CLI waited on its output pipes (``benchmarks/cli_timeline.py``).
 """
 
 import gc
@@ -46,13 +46,15 @@ def _preload() -> None:
     names = list(PRELOADED)
     if importlib.util.find_spec("dagster_postgres") is not None:
         names.append("dagster_postgres")
+    collecting = gc.isenabled()
     gc.disable()
     try:
         for name in names:
             importlib.import_module(name)
     finally:
         gc.freeze()
-        gc.enable()
+        if collecting:
+            gc.enable()
 
 
 _preload()
