@@ -23,7 +23,6 @@ of CPU while the CLI waited on its output pipes (``benchmarks/cli_timeline.py``)
 """
 
 import gc
-import importlib
 import importlib.util
 
 PRELOADED = (

@@ -31,7 +31,7 @@ def test_short_probe_decodes_the_samples_ffmpeg_defaults_decode(corpus, row):
     with open(corpus / row["file"], "rb") as handle:
         short = np.concatenate(list(audio._decode_pcm16(handle, audio.DECODE_PROBE_OPTIONS)))
         handle.seek(0)
-        default = np.concatenate(list(audio._decode_pcm16(handle, None)))
+        default = np.concatenate(list(audio._decode_pcm16(handle, {})))
     assert short.dtype == np.int16 and short.size > 0
     np.testing.assert_array_equal(short, default)
 
@@ -40,7 +40,7 @@ def test_short_probe_decodes_the_samples_ffmpeg_defaults_decode(corpus, row):
 def test_a_file_the_first_try_cannot_open_is_decoded_with_ffmpeg_defaults(corpus, monkeypatch):
     with open(corpus / "formats/jfk.mp3", "rb") as handle:
         data = handle.read()
-    expected = np.concatenate(list(audio._decode_pcm16(io.BytesIO(data), None)))
+    expected = np.concatenate(list(audio._decode_pcm16(io.BytesIO(data), {})))
     # A probe size FFmpeg rejects makes every first try fail before its first block.
     monkeypatch.setattr(audio, "DECODE_PROBE_OPTIONS", {"probesize": "1"})
     with pytest.raises(audio.AudioError):

@@ -60,7 +60,7 @@ def test_hugepage_tunable_is_added_once_and_never_overrides_a_setting():
 
 
 FAULTS_SCRIPT = """
-import ctypes, gc, resource, sys
+import gc
 import dagster as dg
 from whisper_pipeline_tests.test_memory import fault_job
 with dg.instance_for_test() as instance:

@@ -189,20 +189,21 @@ def decode_pcm16(stream: BinaryIO) -> Iterator[np.ndarray]:
         first = None
     if first is None:
         stream.seek(start)
-        yield from _decode_pcm16(stream, None)
+        yield from _decode_pcm16(stream, {})
         return
     yield first
     yield from blocks
 
 
-def _decode_pcm16(stream: BinaryIO, options: dict[str, str] | None) -> Iterator[np.ndarray]:
-    """``decode_pcm16``'s decoding, opening the stream with FFmpeg demuxer ``options``."""
+def _decode_pcm16(stream: BinaryIO, options: dict[str, str]) -> Iterator[np.ndarray]:
+    """``decode_pcm16``'s decoding, opening the stream with FFmpeg demuxer ``options``.
+
+    ``{}`` opens it with FFmpeg's defaults.
+    """
     resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     opened = False
     try:
-        with av.open(
-            stream, mode="r", metadata_errors="ignore", options=options or {}
-        ) as container:
+        with av.open(stream, mode="r", metadata_errors="ignore", options=options) as container:
             opened = True
             frames = _ignore_invalid_frames(container.decode(audio=0))
             frames = _group_frames(frames, DECODE_GROUP_SAMPLES)
