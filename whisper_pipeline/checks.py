@@ -1,9 +1,11 @@
-"""Asset checks on the published tables, run after each partition's materialization.
+"""Asset checks on a partition's tables, run before they are published.
 
-They are one ``multi_asset_check`` (one step process per run instead of one per check), and
-each result is reported under its own check name. The ``CHECKS`` are blocking errors (the
-tables break their contract); the ``WARNINGS`` are non-blocking warnings about the partition's
-data (files that failed, a day with nothing landed), shown on the asset in the UI.
+They are ``check_specs`` of ``transcript_tables``, evaluated by its ``write_tables`` step on
+the tables it built: no step process of their own, and a table that breaks its contract is never
+published. Each result is reported under its own check name. The ``CHECKS`` are blocking errors
+(the tables break their contract): the step then fails and publishes nothing. The ``WARNINGS``
+are non-blocking warnings about the partition's data (files that failed, a day with nothing
+landed), shown on the asset in the UI.
 """
 
 from collections.abc import Iterator
@@ -13,8 +15,6 @@ import pyarrow as pa
 
 from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_OK, STATUSES, TABLE_SCHEMAS
 from whisper_pipeline.partitions import daily_partitions
-from whisper_pipeline.placement import CPU_OP_TAGS
-from whisper_pipeline.resources import StorageResource
 
 CHECKS = {
     ("audio_files", "one_row_per_landed_file"): "Every staged file has exactly one row.",
@@ -94,43 +94,76 @@ def _schema_differences(table, expected) -> list[str]:
     ]
 
 
-@dg.multi_asset_check(
-    specs=[
+def check_specs() -> list[dg.AssetCheckSpec]:
+    """The ``AssetCheckSpec`` of every check and warning, partitioned like the tables.
+
+    The ``CHECKS`` are blocking (``AssetCheckSeverity.ERROR``): ``write_tables`` publishes
+    nothing when one fails. The ``WARNINGS`` are not.
+    """
+    return [
         dg.AssetCheckSpec(
             name,
             asset=asset,
             description=description,
-            blocking=severity == dg.AssetCheckSeverity.ERROR,
-            additional_deps=["audio_manifest"],
-            # Partitioned like the tables: a result per partition, and the manifest input
-            # loads this partition's (identity mapping), not every partition's.
+            blocking=blocking,
+            # A result per partition, like the tables'.
             partitions_def=daily_partitions,
         )
-        for checks, severity in (
-            (CHECKS, dg.AssetCheckSeverity.ERROR),
-            (WARNINGS, dg.AssetCheckSeverity.WARN),
-        )
+        for checks, blocking in ((CHECKS, True), (WARNINGS, False))
         for (asset, name), description in checks.items()
-    ],
-    # The partition's manifest comes through the staging IO manager, like any asset input.
-    ins={"audio_manifest": dg.AssetIn("audio_manifest")},
-    op_tags=CPU_OP_TAGS,
-)
-def transcript_table_checks(
-    context: dg.AssetCheckExecutionContext, storage: StorageResource, audio_manifest: pa.Table
-) -> Iterator[dg.AssetCheckResult]:
+    ]
+
+
+NOT_PUBLISHED = "Not published: the partition's tables were left as they were."
+"""The description added to a failed blocking check's result (``blocked``)."""
+
+
+def blocked(results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
+    """``results`` with ``NOT_PUBLISHED`` as the description of each failed blocking one.
+
+    Returns an empty list when every blocking check passed (``write_tables`` then publishes),
+    else every result, for ``write_tables`` to report before it fails without publishing.
+    """
+    if all(r.passed or r.severity != dg.AssetCheckSeverity.ERROR for r in results):
+        return []
+    return [
+        r
+        if r.passed or r.severity != dg.AssetCheckSeverity.ERROR
+        else dg.AssetCheckResult(
+            passed=False,
+            asset_key=r.asset_key,
+            check_name=r.check_name,
+            metadata=r.metadata,
+            severity=r.severity,
+            description=NOT_PUBLISHED,
+        )
+        for r in results
+    ]
+
+
+def check_results(
+    tables: dict[str, pa.Table], audio_manifest: pa.Table, partition_key: str, landing_uri: str
+) -> list[dg.AssetCheckResult]:
     """Row-count, coverage, empty-text, schema, failed-file and empty-day checks on a partition.
 
-    Args:
-        context: The check's context (partition key).
-        storage: The storage root (the published tables, the landing folder's URI).
-        audio_manifest: The partition's ``audio_manifest`` (one row per landed entry).
-    """
-    store = storage.get()
-    key = context.partition_key
-    manifest = audio_manifest
-    tables = {name: store.read_partition(name, key) for name in TABLE_SCHEMAS}
+    ``write_tables`` runs them on the tables it is about to publish, in its own step: a table
+    that breaks its contract never replaces the published one.
 
+    Args:
+        tables: The partition's tables by name (``TABLE_SCHEMAS``), as built.
+        audio_manifest: The partition's ``audio_manifest`` (one row per landed entry).
+        partition_key: The partition's date, ``YYYY-MM-DD``.
+        landing_uri: The partition's landing folder, shown on the ``files_landed`` warning.
+
+    Returns:
+        One result per ``CHECKS`` and ``WARNINGS`` entry.
+    """
+    return list(_results(tables, audio_manifest, partition_key, landing_uri))
+
+
+def _results(
+    tables: dict[str, pa.Table], manifest: pa.Table, key: str, landing_uri: str
+) -> Iterator[dg.AssetCheckResult]:
     files = tables["audio_files"].to_pylist()
     ids = [row["file_id"] for row in files]
     missing = set(manifest.column("file_id").to_pylist()) - set(ids)
@@ -196,7 +229,7 @@ def transcript_table_checks(
         description=None if files else f"no files landed under raw/{key}/",
         metadata={
             "files": len(files),
-            "landing_zone": dg.MetadataValue.path(store.uri(store.raw_dir(key))),
+            "landing_zone": dg.MetadataValue.path(landing_uri),
         },
     )
 

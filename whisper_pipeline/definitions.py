@@ -1,4 +1,4 @@
-"""The code location: every asset, check, job, schedule, resource and the executor, assembled once.
+"""The code location: every asset (with its checks), job, schedule, resource and the executor.
 
 ``WHISPER_PIPELINE_PROFILE`` (``whisper_pipeline.profiles``) picks the executor and the resources'
 settings; the assets, checks, jobs, schedules and sensors are the same in every profile.
@@ -12,7 +12,6 @@ import dagster as dg
 from whisper_pipeline.assets.manifest import audio_manifest
 from whisper_pipeline.assets.subtitles import subtitle_files
 from whisper_pipeline.assets.transcription import transcript_tables
-from whisper_pipeline.checks import transcript_table_checks
 from whisper_pipeline.core.memory import hugepage_malloc_tunables
 from whisper_pipeline.io_managers import PartitionedParquetIOManager, StagingPickleIOManager
 from whisper_pipeline.landing import landing_zone_sensor
@@ -123,7 +122,6 @@ PROFILE = current_profile()
 
 defs = dg.Definitions(
     assets=[audio_manifest, transcript_tables, subtitle_files],
-    asset_checks=[transcript_table_checks],
     jobs=[transcribe_partition_job],
     schedules=[nightly_transcription_schedule],
     sensors=[dead_run_sensor, landing_zone_sensor],

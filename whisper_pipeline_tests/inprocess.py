@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 from whisper_pipeline.assets.manifest import audio_manifest
 from whisper_pipeline.assets.subtitles import subtitle_files
 from whisper_pipeline.assets.transcription import transcript_tables
-from whisper_pipeline.checks import transcript_table_checks
 from whisper_pipeline.definitions import build_resources
 from whisper_pipeline_tests.doubles import FakeTranscriberResource
 
@@ -37,7 +36,7 @@ def materialize(
     """
     ops = {"transcript_tables": {"ops": {"plan_shards": {"config": {"redo": redo}}}}}
     return dg.materialize(
-        [audio_manifest, transcript_tables, subtitle_files, transcript_table_checks],
+        [audio_manifest, transcript_tables, subtitle_files],
         partition_key=partition,
         resources=build_resources(
             whisper if whisper is not None else FakeTranscriberResource(), profile=profile

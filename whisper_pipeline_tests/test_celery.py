@@ -274,7 +274,7 @@ def test_every_step_ran_in_a_worker_of_its_queue(celery_run):
     starts = records(instance, run_id, DagsterEventType.STEP_START)
     ops = {op_of(r.step_key) for r in starts}
     assert {"audio_manifest", "plan_shards", "preprocess_shard", TRANSCRIBE_OP} <= ops
-    assert {"write_tables", "transcript_table_checks"} <= ops
+    assert {"write_tables", "subtitle_files"} <= ops
     for record in starts:
         queue = GPU_QUEUE if op_of(record.step_key) == TRANSCRIBE_OP else CPU_QUEUE
         # STEP_START is emitted by the process that runs the step: a pool process of the

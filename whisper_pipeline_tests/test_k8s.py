@@ -242,7 +242,6 @@ def test_the_plan_has_the_static_steps_and_one_step_of_each_mapped_op(manifests)
         f"transcript_tables.preprocess_shard[{REPRESENTATIVE_SHARD}]",
         TRANSCRIBE_STEP,
         "transcript_tables.write_tables",
-        "transcript_table_checks",
         "subtitle_files",
     ]
 

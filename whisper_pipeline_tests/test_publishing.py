@@ -13,6 +13,8 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
+from whisper_pipeline.assets import transcription
+from whisper_pipeline.checks import CHECKS, NOT_PUBLISHED, WARNINGS
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.resources.whisper import WhisperModelResource
 from whisper_pipeline_tests.doubles import FakeTranscriberResource, fake_text
@@ -218,6 +220,38 @@ def test_tables_are_consistent_at_every_failure_point(
     names = sorted(r["relative_path"] for r in tables["audio_files"])
     assert names == sorted(["lj001_0001.wav", "lj001_0002.wav", "lj001_0003.wav"])
     assert len(tables["transcripts"]) == 3
+
+
+def test_tables_failing_a_blocking_check_are_not_published(published, monkeypatch):
+    # The probe: the built transcripts lose a row (one ok file without its transcript). The
+    # checks run before publishing: the step fails, the partition stays as it was, and the
+    # failed check is reported on the asset with the reason.
+    before = table_bytes(published)
+    build = transcription.build_tables
+
+    def losing_a_row(*args, **kwargs):
+        files, transcripts, segments, words = build(*args, **kwargs)
+        return files, transcripts.slice(1), segments, words
+
+    monkeypatch.setattr(transcription, "build_tables", losing_a_row)
+    result = materialize(published, PARTITION, redo=True)
+    assert not result.success
+    (message,) = [m for k, m in step_failures(result).items() if k.endswith("write_tables")]
+    assert "blocking asset checks failed (one_row_per_transcribed_file)" in message
+    assert retries(result) == 0
+    assert table_bytes(published) == before
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == len(CHECKS) + len(WARNINGS)
+    (lost,) = [e for e in evaluations if not e.passed]
+    assert lost.check_name == "one_row_per_transcribed_file"
+    assert lost.description == NOT_PUBLISHED
+    assert lost.metadata["rows"].value == 2 and lost.metadata["expected"].value == 3
+    assert not result.get_asset_materialization_events()[1:]  # only audio_manifest's
+
+    monkeypatch.setattr(transcription, "build_tables", build)
+    repaired = materialize(published, PARTITION, redo=True)
+    assert repaired.success, step_failures(repaired)
+    assert all(e.passed for e in repaired.get_asset_check_evaluations())
 
 
 def test_bridge_is_needed_without_it(published, corpus):

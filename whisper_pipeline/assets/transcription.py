@@ -8,6 +8,7 @@ import dagster as dg
 import pyarrow as pa
 
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
+from whisper_pipeline.checks import blocked, check_results, check_specs
 from whisper_pipeline.core.chunking import N_FRAMES
 from whisper_pipeline.core.memory import release_free_memory
 from whisper_pipeline.core.preprocess import preprocess_file
@@ -56,6 +57,12 @@ from whisper_pipeline.partitions import daily_partitions
 from whisper_pipeline.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.sensors import record_orchestrator
+
+TABLE_CHECKS = check_specs()
+"""The asset checks of ``transcript_tables``, evaluated by ``write_tables`` before it publishes."""
+
+CHECK_OUTPUTS = [spec.get_python_identifier() for spec in TABLE_CHECKS]
+"""``write_tables``' output name of each asset check, as Dagster names a check's output."""
 
 CPU_MIN_AUDIO_S_PER_SHARD = 1800.0
 """Audio per shard when the model runs on CPU. There transcription is far slower than
@@ -354,6 +361,9 @@ def warn_failed_files(context: dg.OpExecutionContext, files: pa.Table) -> None:
         "transcripts": dg.Out(pa.Table, io_manager_key="table_io_manager"),
         "transcript_segments": dg.Out(pa.Table, io_manager_key="table_io_manager"),
         "transcript_words": dg.Out(pa.Table, io_manager_key="table_io_manager"),
+        # One output per asset check (``transcript_tables``' ``check_specs``), which Dagster
+        # fills from each ``AssetCheckResult``; no IO manager stores them.
+        **{name: dg.Out() for name in CHECK_OUTPUTS},
     },
     retry_policy=STORAGE_RETRY,
     tags=CPU_OP_TAGS,
@@ -365,9 +375,17 @@ def write_tables(
     audio_manifest: pa.Table,
     shards: list[ShardTranscripts],
 ):
-    """Assemble the partition's three tables; the IO manager replaces each one atomically.
+    """Assemble the partition's tables, check them, and publish them if the checks pass.
 
     Reads one result per distinct content: this run's, or the cached one from an earlier run.
+    The asset checks (``whisper_pipeline.checks``) run on the built tables before anything is
+    published. If a blocking one fails, the step reports every result and fails, and the
+    published partition stays as it was; otherwise the IO manager replaces each table
+    atomically and the results follow, each on its table's new materialization.
+
+    Raises:
+        dagster.Failure: A blocking check failed, or transcription failed for every file that
+            reached it.
     """
     started_at = datetime.now(UTC)
     store = storage.get()
@@ -385,6 +403,22 @@ def write_tables(
             f"(first error: {model_errors[0]}); the partition's tables were left as they were",
             allow_retries=False,
         )
+    checks = check_results(
+        {"audio_files": files, "transcripts": transcripts, "transcript_segments": segments,
+         "transcript_words": words},
+        audio_manifest,
+        context.partition_key,
+        store.uri(store.raw_dir(context.partition_key)),
+    )  # fmt: skip
+    failed = blocked(checks)
+    if failed:
+        yield from failed
+        names = ", ".join(r.check_name for r in failed if not r.passed and r.description)
+        raise dg.Failure(
+            f"blocking asset checks failed ({names}); the partition's tables were left as "
+            "they were",
+            allow_retries=False,
+        )
     publish_bridge(context, store, transcripts)
     yield dg.Output(files, "audio_files", metadata=audio_files_metadata(files, transcripts))
     intervals = step_intervals(context.instance, context.run_id, transcribe_shard.name)
@@ -398,6 +432,7 @@ def write_tables(
     yield dg.Output(transcripts, "transcripts", metadata=metadata)
     yield dg.Output(segments, "transcript_segments", metadata={"files": transcripts.num_rows})
     yield dg.Output(words, "transcript_words", metadata={"files": transcripts.num_rows})
+    yield from checks
     remove_run_dir(store, run_dir)
 
 
@@ -421,6 +456,7 @@ def table_out(name: str) -> dg.AssetOut:
 
 @dg.graph_multi_asset(
     outs={name: table_out(name) for name in TABLE_SCHEMAS},
+    check_specs=TABLE_CHECKS,
     partitions_def=daily_partitions,
     group_name="transcripts",
     backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing
@@ -429,12 +465,5 @@ def transcript_tables(audio_manifest):
     """Preprocess shards on CPU in parallel, transcribe them in micro-batches, publish tables."""
     shards = plan_shards(audio_manifest)
     transcribed = shards.map(lambda shard: transcribe_shard(preprocess_shard(shard)))
-    audio_files, transcripts, transcript_segments, transcript_words = write_tables(
-        audio_manifest, transcribed.collect()
-    )
-    return {
-        "audio_files": audio_files,
-        "transcripts": transcripts,
-        "transcript_segments": transcript_segments,
-        "transcript_words": transcript_words,
-    }
+    # Every output of write_tables: the four tables and one per asset check.
+    return dict(write_tables(audio_manifest, transcribed.collect())._asdict())
