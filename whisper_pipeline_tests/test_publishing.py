@@ -56,14 +56,24 @@ def assert_consistent(tables: dict) -> None:
     assert not missing, f"transcribed in audio_files without a transcript: {missing}"
 
 
-@pytest.fixture
-def published(corpus, tmp_path):
-    """A partition published once from three clips; returns its root."""
-    root = tmp_path / "root"
+@pytest.fixture(scope="module")
+def published_once(corpus, tmp_path_factory):
+    """A partition published once from three clips (landing, cache and tables); its root."""
+    root = tmp_path_factory.mktemp("published") / "root"
     land(corpus, root)
     result = materialize(root, PARTITION)
     assert result.success, step_failures(result)
     return root
+
+
+@pytest.fixture
+def published(published_once, tmp_path):
+    """A copy of ``published_once`` for one test to change; returns its root.
+
+    Everything a run reads or writes is under the root (the ephemeral instance keeps nothing),
+    so the copy is the same as publishing again.
+    """
+    return Path(shutil.copytree(published_once, tmp_path / "root"))
 
 
 def test_run_config_root_reaches_every_consumer(published, tmp_path, monkeypatch):
