@@ -115,21 +115,25 @@ def check_specs() -> list[dg.AssetCheckSpec]:
 
 
 NOT_PUBLISHED = "Not published: the partition's tables were left as they were."
-"""The description added to a failed blocking check's result (``blocked``)."""
+"""The description of a failed blocking check's result (``not_published``)."""
 
 
-def blocked(results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
-    """``results`` with ``NOT_PUBLISHED`` as the description of each failed blocking one.
+def _blocks(result: dg.AssetCheckResult) -> bool:
+    return not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
 
-    Returns an empty list when every blocking check passed (``write_tables`` then publishes),
-    else every result, for ``write_tables`` to report before it fails without publishing.
+
+def blocking_failures(results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
+    """The failed results of blocking checks (``AssetCheckSeverity.ERROR``) among ``results``."""
+    return [r for r in results if _blocks(r)]
+
+
+def not_published(results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
+    """``results``, each failed blocking one with ``NOT_PUBLISHED`` as its description.
+
+    What ``write_tables`` reports when it publishes nothing because of ``blocking_failures``.
     """
-    if all(r.passed or r.severity != dg.AssetCheckSeverity.ERROR for r in results):
-        return []
     return [
-        r
-        if r.passed or r.severity != dg.AssetCheckSeverity.ERROR
-        else dg.AssetCheckResult(
+        dg.AssetCheckResult(
             passed=False,
             asset_key=r.asset_key,
             check_name=r.check_name,
@@ -137,6 +141,8 @@ def blocked(results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
             severity=r.severity,
             description=NOT_PUBLISHED,
         )
+        if _blocks(r)
+        else r
         for r in results
     ]
 

@@ -237,6 +237,8 @@ def test_tables_failing_a_blocking_check_are_not_published(published, monkeypatc
     # checks run before publishing: the step fails, the partition stays as it was, and the
     # failed check is reported on the asset with the reason.
     before = table_bytes(published)
+    # A file that fails too: its non-blocking warning is reported, and blocks nothing.
+    (published / "raw" / PARTITION / "broken.mp3").write_bytes(b"not audio")
     build = transcription.build_tables
 
     def losing_a_row(*args, **kwargs):
@@ -247,21 +249,23 @@ def test_tables_failing_a_blocking_check_are_not_published(published, monkeypatc
     result = materialize(published, PARTITION, redo=True)
     assert not result.success
     (message,) = [m for k, m in step_failures(result).items() if k.endswith("write_tables")]
-    assert "blocking asset checks failed (one_row_per_transcribed_file)" in message
+    assert "checks failed: one_row_per_transcribed_file (transcripts); the partition's" in message
     assert retries(result) == 0
     assert table_bytes(published) == before
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == len(CHECKS) + len(WARNINGS)
-    (lost,) = [e for e in evaluations if not e.passed]
+    lost, broken = sorted((e for e in evaluations if not e.passed), key=lambda e: not e.blocking)
     assert lost.check_name == "one_row_per_transcribed_file"
-    assert lost.description == NOT_PUBLISHED
+    assert lost.description == NOT_PUBLISHED and lost.blocking
     assert lost.metadata["rows"].value == 2 and lost.metadata["expected"].value == 3
+    assert broken.check_name == "no_failed_files" and broken.description == "1 of 4 files failed"
     assert not result.get_asset_materialization_events()[1:]  # only audio_manifest's
 
     monkeypatch.setattr(transcription, "build_tables", build)
     repaired = materialize(published, PARTITION, redo=True)
     assert repaired.success, step_failures(repaired)
-    assert all(e.passed for e in repaired.get_asset_check_evaluations())
+    assert all(e.passed for e in repaired.get_asset_check_evaluations() if e.blocking)
+    assert len(read_tables(published, PARTITION)["transcripts"]) == 3
 
 
 def test_bridge_is_needed_without_it(published, corpus):

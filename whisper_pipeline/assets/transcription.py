@@ -8,7 +8,12 @@ import dagster as dg
 import pyarrow as pa
 
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
-from whisper_pipeline.checks import blocked, check_results, check_specs
+from whisper_pipeline.checks import (
+    blocking_failures,
+    check_results,
+    check_specs,
+    not_published,
+)
 from whisper_pipeline.core.chunking import N_FRAMES
 from whisper_pipeline.core.memory import release_free_memory
 from whisper_pipeline.core.preprocess import preprocess_file
@@ -410,13 +415,12 @@ def write_tables(
         context.partition_key,
         store.uri(store.raw_dir(context.partition_key)),
     )  # fmt: skip
-    failed = blocked(checks)
-    if failed:
-        yield from failed
-        names = ", ".join(r.check_name for r in failed if not r.passed and r.description)
+    failures = blocking_failures(checks)
+    if failures:
+        yield from not_published(checks)
+        names = ", ".join(f"{r.check_name} ({r.asset_key.to_user_string()})" for r in failures)
         raise dg.Failure(
-            f"blocking asset checks failed ({names}); the partition's tables were left as "
-            "they were",
+            f"blocking asset checks failed: {names}; the partition's tables were left as they were",
             allow_retries=False,
         )
     publish_bridge(context, store, transcripts)
