@@ -94,24 +94,21 @@ def _schema_differences(table, expected) -> list[str]:
     ]
 
 
-def check_specs() -> list[dg.AssetCheckSpec]:
-    """The ``AssetCheckSpec`` of every check and warning, partitioned like the tables.
-
-    The ``CHECKS`` are blocking (``AssetCheckSeverity.ERROR``): ``write_tables`` publishes
-    nothing when one fails. The ``WARNINGS`` are not.
-    """
-    return [
-        dg.AssetCheckSpec(
-            name,
-            asset=asset,
-            description=description,
-            blocking=blocking,
-            # A result per partition, like the tables'.
-            partitions_def=daily_partitions,
-        )
-        for checks, blocking in ((CHECKS, True), (WARNINGS, False))
-        for (asset, name), description in checks.items()
-    ]
+CHECK_SPECS = [
+    dg.AssetCheckSpec(
+        name,
+        asset=asset,
+        description=description,
+        blocking=blocking,
+        # A result per partition, like the tables'.
+        partitions_def=daily_partitions,
+    )
+    for checks, blocking in ((CHECKS, True), (WARNINGS, False))
+    for (asset, name), description in checks.items()
+]
+"""The ``AssetCheckSpec`` of every check and warning, partitioned like the tables: ``check_specs``
+of ``transcript_tables``. The ``CHECKS`` are blocking (``write_tables`` publishes nothing when
+one fails); the ``WARNINGS`` are not."""
 
 
 NOT_PUBLISHED = "Not published: the partition's tables were left as they were."
@@ -148,8 +145,8 @@ def not_published(results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResul
 
 
 def check_results(
-    tables: dict[str, pa.Table], audio_manifest: pa.Table, partition_key: str, landing_uri: str
-) -> list[dg.AssetCheckResult]:
+    tables: dict[str, pa.Table], manifest: pa.Table, key: str, landing_uri: str
+) -> Iterator[dg.AssetCheckResult]:
     """Row-count, coverage, empty-text, schema, failed-file and empty-day checks on a partition.
 
     ``write_tables`` runs them on the tables it is about to publish, in its own step: a table
@@ -157,19 +154,13 @@ def check_results(
 
     Args:
         tables: The partition's tables by name (``TABLE_SCHEMAS``), as built.
-        audio_manifest: The partition's ``audio_manifest`` (one row per landed entry).
-        partition_key: The partition's date, ``YYYY-MM-DD``.
+        manifest: The partition's ``audio_manifest`` (one row per landed entry).
+        key: The partition's date, ``YYYY-MM-DD``.
         landing_uri: The partition's landing folder, shown on the ``files_landed`` warning.
 
-    Returns:
+    Yields:
         One result per ``CHECKS`` and ``WARNINGS`` entry.
     """
-    return list(_results(tables, audio_manifest, partition_key, landing_uri))
-
-
-def _results(
-    tables: dict[str, pa.Table], manifest: pa.Table, key: str, landing_uri: str
-) -> Iterator[dg.AssetCheckResult]:
     files = tables["audio_files"].to_pylist()
     ids = [row["file_id"] for row in files]
     missing = set(manifest.column("file_id").to_pylist()) - set(ids)

@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from whisper_pipeline.assets.manifest import STORAGE_RETRY
 from whisper_pipeline.checks import (
+    CHECK_SPECS,
     blocking_failures,
     check_results,
-    check_specs,
     not_published,
 )
 from whisper_pipeline.core.chunking import N_FRAMES
@@ -63,10 +63,7 @@ from whisper_pipeline.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.sensors import record_orchestrator
 
-TABLE_CHECKS = check_specs()
-"""The asset checks of ``transcript_tables``, evaluated by ``write_tables`` before it publishes."""
-
-CHECK_OUTPUTS = [spec.get_python_identifier() for spec in TABLE_CHECKS]
+CHECK_OUTPUTS = [spec.get_python_identifier() for spec in CHECK_SPECS]
 """``write_tables``' output name of each asset check, as Dagster names a check's output."""
 
 CPU_MIN_AUDIO_S_PER_SHARD = 1800.0
@@ -408,13 +405,10 @@ def write_tables(
             f"(first error: {model_errors[0]}); the partition's tables were left as they were",
             allow_retries=False,
         )
-    checks = check_results(
-        {"audio_files": files, "transcripts": transcripts, "transcript_segments": segments,
-         "transcript_words": words},
-        audio_manifest,
-        context.partition_key,
-        store.uri(store.raw_dir(context.partition_key)),
-    )  # fmt: skip
+    built = {"audio_files": files, "transcripts": transcripts, "transcript_segments": segments,
+             "transcript_words": words}  # fmt: skip
+    landing_uri = store.uri(store.raw_dir(context.partition_key))
+    checks = list(check_results(built, audio_manifest, context.partition_key, landing_uri))
     failures = blocking_failures(checks)
     if failures:
         yield from not_published(checks)
@@ -460,7 +454,7 @@ def table_out(name: str) -> dg.AssetOut:
 
 @dg.graph_multi_asset(
     outs={name: table_out(name) for name in TABLE_SCHEMAS},
-    check_specs=TABLE_CHECKS,
+    check_specs=CHECK_SPECS,
     partitions_def=daily_partitions,
     group_name="transcripts",
     backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing
@@ -470,4 +464,4 @@ def transcript_tables(audio_manifest):
     shards = plan_shards(audio_manifest)
     transcribed = shards.map(lambda shard: transcribe_shard(preprocess_shard(shard)))
     # Every output of write_tables: the four tables and one per asset check.
-    return dict(write_tables(audio_manifest, transcribed.collect())._asdict())
+    return write_tables(audio_manifest, transcribed.collect())._asdict()
