@@ -94,11 +94,19 @@ def _schema_differences(table, expected) -> list[str]:
     ]
 
 
+EVALUATED_BEFORE_PUBLISHING = (
+    " Evaluated by write_tables on the partition's new tables before it publishes them, so it"
+    " cannot be executed on its own: to evaluate it again, materialize the partition (its"
+    " transcripts come from the result cache)."
+)
+"""Appended to every check's description: why the UI's "Execute" of a check alone cannot
+evaluate it, and what to launch instead."""
+
 CHECK_SPECS = [
     dg.AssetCheckSpec(
         name,
         asset=asset,
-        description=description,
+        description=description + EVALUATED_BEFORE_PUBLISHING,
         blocking=blocking,
         # A result per partition, like the tables'.
         partitions_def=daily_partitions,

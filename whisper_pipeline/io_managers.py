@@ -4,6 +4,7 @@ import posixpath
 import dagster as dg
 import pyarrow as pa
 
+from whisper_pipeline.landing import TRANSCRIBE_JOB_NAME
 from whisper_pipeline.resources.storage import StorageResource
 
 
@@ -27,15 +28,35 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         if not isinstance(obj, pa.Table):
             raise TypeError(f"expected a pyarrow.Table for {context.asset_key}, got {type(obj)}")
         name = context.asset_key.path[-1]
-        uri = self.storage.get().replace_partition(name, context.partition_key, obj, self.area)
+        # The asset's own partition, not the run's ``partition_key``: runs of a backfill launched
+        # from the UI carry a partition range (one day each) instead of a partition tag.
+        key = context.asset_partition_key
+        uri = self.storage.get().replace_partition(name, key, obj, self.area)
         context.add_output_metadata(
             {"dagster/row_count": obj.num_rows, "path": dg.MetadataValue.path(uri)}
         )
 
     def load_input(self, context: dg.InputContext) -> pa.Table:
-        """Read the upstream asset's partition."""
+        """Read the upstream asset's partition.
+
+        Raises:
+            dagster.Failure: The upstream partition was never materialized (no retry: only
+                materializing it helps). The message names the asset, the partition and what to
+                launch instead.
+        """
         name = context.asset_key.path[-1]
-        return self.storage.get().read_partition(name, context.asset_partition_key, self.area)
+        key = context.asset_partition_key
+        store = self.storage.get()
+        try:
+            return store.read_partition(name, key, self.area)
+        except FileNotFoundError as error:
+            raise dg.Failure(
+                f"{name} has not been materialized for partition {key} (no"
+                f" {store.uri(store.table_dir(name, key, self.area))}): materialize {name}"
+                f" together with what needs it for {key} (select both, or launch the job"
+                f" {TRANSCRIBE_JOB_NAME} for that partition)",
+                allow_retries=False,
+            ) from error
 
 
 class StagingPickleIOManager(dg.ConfigurableIOManager):
@@ -54,15 +75,18 @@ class StagingPickleIOManager(dg.ConfigurableIOManager):
 
     storage: dg.ResourceDependency[StorageResource]
 
-    def _path(self, partition_key: str | None, output: dg.OutputContext) -> str:
+    def _path(self, step: dg.StepExecutionContext | None, output: dg.OutputContext) -> str:
         store = self.storage.get()
+        # The run's one day, whether its tags name a partition or a one-day range (the UI's
+        # backfills); the folder then goes with the partition's staging.
+        partition_key = step.partition_key if step is not None and step.has_partitions else None
         run_dir = store.staging_dir(partition_key or "unpartitioned", output.run_id)
         name = output.name + (f".{output.mapping_key}" if output.mapping_key else "")
         return posixpath.join(run_dir, "io", output.step_key, f"{name}.pkl")
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         """Pickle ``obj`` to the output's path."""
-        path = self._path(context.partition_key if context.has_partition_key else None, context)
+        path = self._path(context.step_context, context)
         self.storage.get().write_bytes_atomic(path, pickle.dumps(obj))
 
     def load_input(self, context: dg.InputContext) -> object:
@@ -71,6 +95,5 @@ class StagingPickleIOManager(dg.ConfigurableIOManager):
         Raises:
             FileNotFoundError: The upstream step's output is not in this run's staging folder.
         """
-        partition_key = context.partition_key if context.has_partition_key else None
-        path = self._path(partition_key, context.upstream_output)
+        path = self._path(context.step_context, context.upstream_output)
         return pickle.loads(self.storage.get().fs.cat_file(path))

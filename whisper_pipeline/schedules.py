@@ -26,19 +26,38 @@ transcribe_partition_job = dg.define_asset_job(
 )
 def nightly_transcription_schedule(
     context: dg.ScheduleEvaluationContext, storage: StorageResource
-) -> list[dg.RunRequest]:
+) -> list[dg.RunRequest] | dg.SkipReason:
     """02:00 UTC: yesterday's partition, plus every stale partition of the lookback window.
 
     Daily partitions end at midnight, so the last complete partition is yesterday's; it is
-    requested every night, as before. Any other partition of the last
-    ``WHISPER_PIPELINE_LOOKBACK_DAYS`` (default 7) whose landing folder changed since its tables
-    were built, or whose last run failed after staging, is requested too (the rule is
-    ``whisper_pipeline.landing``'s, shared with ``landing_zone_sensor``). Run keys name the
-    partition and its listing; Dagster scopes them to the scheduled time, so re-evaluating a
-    tick launches nothing twice.
+    requested every night its landing folder exists (an empty folder publishes a day without
+    audio). A day with no folder and no published tables (a weekend without uploads) is skipped
+    with a ``SkipReason`` that names it; a day with no folder whose tables were published
+    before is still requested, so ``audio_manifest`` fails loudly on the vanished folder. Any
+    other partition of the last ``WHISPER_PIPELINE_LOOKBACK_DAYS`` (default 7) whose landing
+    folder changed since its tables were built, or whose last run failed after staging, is
+    requested too (the rule is ``whisper_pipeline.landing``'s, shared with
+    ``landing_zone_sensor``). Run keys name the partition and its listing; Dagster scopes them
+    to the scheduled time, so re-evaluating a tick launches nothing twice.
     """
     keys = lookback_window(context.scheduled_execution_time, lookback_days())
-    states = landing_states(context.instance, storage.get(), keys)
-    return [
-        state.run_request() for state in states if state.partition_key == keys[-1] or state.stale
+    store = storage.get()
+    states = landing_states(context.instance, store, keys)
+    yesterday = states[-1]
+    published = store.fs.exists(store.table_dir("audio_files", yesterday.partition_key))
+    requests = [
+        state.run_request()
+        for state in states
+        if state.stale or (state is yesterday and (state.fingerprint is not None or published))
     ]
+    if requests:
+        return requests
+    reason = f"{len(keys)} landing folders ({keys[0]}..{keys[-1]}): nothing to request"
+    if yesterday.fingerprint is None:
+        reason = (
+            f"{yesterday.partition_key}: no landing folder"
+            f" {store.uri(store.raw_dir(yesterday.partition_key))} and no published tables"
+            f" (nothing landed that day), and none of the other {len(keys) - 1} days of the"
+            " window is stale"
+        )
+    return dg.SkipReason(reason)

@@ -50,6 +50,7 @@ def test_dagster_yaml_limits_pools_to_one_and_frees_crashed_slots():
 
 def test_nightly_schedule_requests_yesterdays_partition(tmp_path):
     instance = dg.DagsterInstance.local_temp(str(tmp_path))  # schedules need a persistent one
+    (tmp_path / "raw" / "2026-11-20").mkdir(parents=True)  # its landing folder exists
     context = dg.build_schedule_context(
         instance=instance,
         scheduled_execution_time=datetime(2026, 11, 21, 2, 0),

@@ -210,7 +210,7 @@ def nightly(instance: dg.DagsterInstance, root: Path, at: datetime) -> list[dg.R
         resources={"storage": StorageResource(root=str(root))},
         repository_def=defs.get_repository_def(),
     )
-    return nightly_transcription_schedule.evaluate_tick(context).run_requests
+    return nightly_transcription_schedule.evaluate_tick(context).run_requests or []
 
 
 def test_nightly_requests_yesterday_and_the_stale_days_of_the_window(instance, root, corpus):
@@ -226,6 +226,34 @@ def test_nightly_requests_yesterday_and_the_stale_days_of_the_window(instance, r
     land(root, "2024-01-01", corpus, CLIPS[0])  # outside the window
 
     requests = nightly(instance, root, at)
-    assert [r.partition_key for r in requests] == [never, late, days[-1]]  # yesterday: no folder
+    assert [r.partition_key for r in requests] == [never, late]  # yesterday: no folder
     assert all(r.tags["dagster/schedule_name"] == "transcribe_partition_schedule" for r in requests)
     assert [r.run_key for r in nightly(instance, root, at)] == [r.run_key for r in requests]
+
+
+def test_nightly_skips_a_day_with_no_folder_and_names_it(instance, root, corpus):
+    at = datetime.now(UTC).replace(hour=2, minute=0, second=0, microsecond=0)
+    days = lookback_window(at, 7)
+    land(root, days[-2], corpus, CLIPS[0])
+    built(root, days[-2], instance)  # the day before: published and up to date
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=at,
+        resources={"storage": StorageResource(root=str(root))},
+        repository_def=defs.get_repository_def(),
+    )
+    result = nightly_transcription_schedule.evaluate_tick(context)
+    assert not result.run_requests
+    assert f"{days[-1]}: no landing folder" in result.skip_message
+
+    (root / "raw" / days[-1]).mkdir()  # an empty folder is a day without audio: published
+    assert [r.partition_key for r in nightly(instance, root, at)] == [days[-1]]
+
+
+def test_nightly_still_requests_a_published_day_whose_folder_vanished(instance, root, corpus):
+    at = datetime.now(UTC).replace(hour=2, minute=0, second=0, microsecond=0)
+    yesterday = lookback_window(at, 7)[-1]
+    land(root, yesterday, corpus, CLIPS[0])
+    built(root, yesterday, instance)
+    shutil.rmtree(root / "raw" / yesterday)  # an unmounted volume: audio_manifest must fail loudly
+    assert [r.partition_key for r in nightly(instance, root, at)] == [yesterday]

@@ -251,14 +251,16 @@ def run_staging_keys(server: S3Server) -> list[str]:
 
 
 PIPELINE_POLICY = (
-    # What a production role needs: list the bucket, read, write and delete under the root;
-    # never create buckets.
-    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}"},
+    # What a production role needs: everything under the root, and on the bucket itself only
+    # listing and deleting objects; never creating buckets. Written with wildcards so it does
+    # not depend on how a server names the action behind a request: AWS checks ListObjectsV2
+    # as s3:ListBucket and HeadObject as s3:GetObject, moto 5.2 by the operation's own name
+    # (s3:ListObjectsV2, s3:HeadObject), and a batch delete (POST ?delete) against the bucket.
+    {"Effect": "Allow", "Action": "s3:*", "Resource": f"arn:aws:s3:::{BUCKET}/{PREFIX}/*"},
     {
         "Effect": "Allow",
-        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-        # moto authorizes a batch delete (POST ?delete) against the bucket's ARN.
-        "Resource": [f"arn:aws:s3:::{BUCKET}/{PREFIX}/*", f"arn:aws:s3:::{BUCKET}"],
+        "Action": ["s3:List*", "s3:DeleteObject*"],
+        "Resource": f"arn:aws:s3:::{BUCKET}",
     },
 )
 
