@@ -20,6 +20,10 @@ STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONE
 Dagster's exponential backoff waits ``delay * (2**attempt - 1)``: 2, 6 and 14 s, so a storage
 step that keeps failing fails its run about 22 s (plus four attempts) after its first error."""
 
+PERMANENT_OPEN_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError)
+"""Errors opening a landed file that another attempt would meet again: that file's ``failed``
+row, never a retry of the whole partition's staging."""
+
 STAGING_THREADS = 8
 """Files fingerprinted and probed at once: the work is I/O-bound on object stores."""
 
@@ -33,9 +37,11 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
     """Fingerprint and probe one landed file into an ``audio_files`` row (probe-time status).
 
     An entry listed with an ``error`` (a broken symbolic link, a FIFO, an unreadable key...)
-    becomes a ``failed`` row with that reason without being opened (``content_sha256`` is null,
-    ``size_bytes`` as listed). Unreadable audio becomes a ``failed`` row with the reason;
-    storage errors (``OSError``) propagate so the step's retry policy can handle them.
+    or one that cannot be opened for good (``PERMANENT_OPEN_ERRORS``: no read permission,
+    deleted since the listing) becomes a ``failed`` row with that reason (``content_sha256`` is
+    null, ``size_bytes`` as listed). Unreadable audio becomes a ``failed`` row with the reason;
+    other storage errors (``OSError``: S3 throttling, a 5xx) propagate so the step's retry
+    policy can handle them.
     """
     row = {
         "file_id": file_id_for(partition_key, landed.relative_path),
@@ -54,7 +60,12 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
     if landed.error:
         row.update(status=STATUS_FAILED, error=landed.error)
         return row
-    with storage.fs.open(landed.path, "rb") as handle:
+    try:
+        handle = storage.fs.open(landed.path, "rb")
+    except PERMANENT_OPEN_ERRORS as error:  # retrying the step would fail the same way
+        row.update(status=STATUS_FAILED, error=f"cannot be read: {type(error).__name__}: {error}")
+        return row
+    with handle:
         row["content_sha256"] = audio.fingerprint(handle)
         if landed.size_bytes == 0:
             row.update(status=STATUS_FAILED, error="empty file (0 bytes)")

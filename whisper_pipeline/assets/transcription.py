@@ -16,7 +16,8 @@ from whisper_pipeline.checks import (
 )
 from whisper_pipeline.core.chunking import N_FRAMES
 from whisper_pipeline.core.memory import release_free_memory
-from whisper_pipeline.core.preprocess import preprocess_file
+from whisper_pipeline.core import audio
+from whisper_pipeline.core.preprocess import changed_content, preprocess_file
 from whisper_pipeline.core.progress import Progress
 from whisper_pipeline.core.results import (
     assemble,
@@ -189,9 +190,17 @@ def preprocess_shard(
     )
     with ShardWriter(store, shard.shard_dir) as writer, progress:
         for sha, path, declared in progress.each(shard.files, lambda f: f[2] or 0.0):
-            with store.fs.open(path, "rb") as handle:
-                sink = partial(writer.add_chunk, sha)
-                outcome = preprocess_file(handle, declared, extractor, writer.spool_path, sink)
+            # Decoded from a local copy hashed while it is made: what is transcribed (and cached
+            # under ``sha``) is provably the content audio_manifest hashed.
+            with store.fs.open(path, "rb") as remote, open(writer.source_path, "w+b") as local:
+                decoded_sha = audio.copy_fingerprinted(remote, local)
+                if decoded_sha != sha:
+                    context.log.warning("changed since staging, not transcribed: %s", path)
+                    outcome = changed_content(sha, decoded_sha)
+                else:
+                    local.seek(0)
+                    sink = partial(writer.add_chunk, sha)
+                    outcome = preprocess_file(local, declared, extractor, writer.spool_path, sink)
             writer.add_file(sha, outcome)
     elapsed = time.perf_counter() - started
     peak = peak_rss_mib()

@@ -97,6 +97,27 @@ def fingerprint(stream: BinaryIO) -> str:
     return digest.hexdigest()
 
 
+def copy_fingerprinted(stream: BinaryIO, sink: BinaryIO) -> str:
+    """Copy a file's bytes to ``sink`` and hash them on the way.
+
+    What is decoded from ``sink`` afterwards is then exactly what was hashed, even if the
+    source is replaced meanwhile (a landing folder being re-uploaded to).
+
+    Args:
+        stream: A binary file object positioned at its start; read to the end in 1 MiB blocks.
+        sink: A writable binary file object (a local scratch file).
+
+    Returns:
+        The SHA-256 hex digest (64 characters) of the bytes copied, as ``fingerprint``.
+    """
+    digest = hashlib.sha256()
+    while block := stream.read(HASH_BLOCK_BYTES):
+        digest.update(block)
+        sink.write(block)
+    sink.flush()
+    return digest.hexdigest()
+
+
 def probe(stream: BinaryIO) -> ProbeResult:
     """Read duration, sample rate, channels and codec from a file's first audio stream.
 

@@ -52,6 +52,20 @@ class PreprocessedFile:
     error: str
 
 
+def changed_content(staged_sha256: str, decoded_sha256: str) -> PreprocessedFile:
+    """The ``failed`` outcome of a file whose bytes changed after ``audio_manifest`` hashed it.
+
+    Its result must not be cached under the staged hash (the cache is keyed by content), so it
+    is not decoded at all; the changed landing folder makes the next run stage the new bytes.
+    """
+    error = (
+        f"content changed after staging (SHA-256 {staged_sha256[:12]}... when staged,"
+        f" {decoded_sha256[:12]}... when read for decoding): not transcribed; the next run of"
+        " the partition stages the new content"
+    )
+    return PreprocessedFile(None, 0.0, 0, STATUS_FAILED, error)
+
+
 def is_truncated(duration_s: float, declared_duration_s: float | None) -> bool:
     """Whether a decoded duration is too short for the header's (``TRUNCATION_RATIO``)."""
     if not declared_duration_s:

@@ -129,8 +129,8 @@ class ShardWriter:
     A context manager: features stream to ``features.f32`` as chunks arrive (``add_chunk``,
     the ``on_chunk`` sink of ``core.preprocess.preprocess_file``); ``chunks.parquet`` and
     ``files.parquet`` are written on a clean exit, each atomically, so a shard with both
-    manifests is complete. ``spool_path`` is a local scratch file for the decoded samples,
-    removed on exit.
+    manifests is complete. ``source_path`` and ``spool_path`` are local scratch files for a
+    file's bytes and its decoded samples, removed on exit.
 
     Args:
         store: The storage holding the staging area.
@@ -156,6 +156,11 @@ class ShardWriter:
     def spool_path(self) -> str:
         """Local scratch file for one file's decoded 16-bit PCM (reused file after file)."""
         return os.path.join(self._spool_dir.name, "audio.s16")
+
+    @property
+    def source_path(self) -> str:
+        """Local scratch file for one file's bytes as landed (reused file after file)."""
+        return os.path.join(self._spool_dir.name, "source")
 
     def __enter__(self) -> "ShardWriter":
         self.store.makedirs(self.shard_dir)

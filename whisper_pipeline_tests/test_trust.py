@@ -1,0 +1,84 @@
+"""What a hostile but realistic day does to the cache and the tables: each probe is reproduced
+first, in-process with the test double transcriber (``doubles.py``) on real recorded clips."""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from whisper_pipeline.assets import manifest
+from whisper_pipeline.core.storage import Storage
+from whisper_pipeline_tests.doubles import FakeTranscriberResource
+from whisper_pipeline_tests.inprocess import materialize, read_tables, retries, step_failures
+
+PARTITION = "2026-11-23"
+LATER = "2026-11-24"
+ORIGINAL, REPLACEMENT = "short/lj001_0002.wav", "short/jfk.flac"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_file_replaced_after_staging_is_never_cached_under_the_hash_it_had(
+    corpus, tmp_path, monkeypatch
+):
+    landing = tmp_path / "raw" / PARTITION
+    landing.mkdir(parents=True)
+    clip = landing / "call.wav"
+    shutil.copy(corpus / ORIGINAL, clip)
+    original = sha256(clip)
+    stage_file = manifest.stage_file
+
+    def stage_then_replace(storage, partition_key, landed):
+        row = stage_file(storage, partition_key, landed)
+        shutil.copy(corpus / REPLACEMENT, clip)  # re-uploaded right after it was hashed
+        return row
+
+    monkeypatch.setattr(manifest, "stage_file", stage_then_replace)
+    result = materialize(tmp_path, PARTITION)
+    assert result.success, step_failures(result)
+    monkeypatch.undo()
+
+    (row,) = read_tables(tmp_path, PARTITION)["audio_files"]
+    assert row["content_sha256"] == original
+    assert row["status"] == "failed" and "content changed after staging" in row["error"]
+    spec = FakeTranscriberResource().spec()
+    assert original not in Storage(str(tmp_path)).cached_contents(spec.cache_key)
+
+    # The next run stages the new bytes and transcribes them under their own hash ...
+    assert materialize(tmp_path, PARTITION).success
+    (row,) = read_tables(tmp_path, PARTITION)["audio_files"]
+    assert row["content_sha256"] == sha256(corpus / REPLACEMENT) and row["status"] == "ok"
+    # ... and the original recording, landing again later, is transcribed as itself.
+    later = tmp_path / "raw" / LATER
+    later.mkdir()
+    shutil.copy(corpus / ORIGINAL, later / "call.wav")
+    assert materialize(tmp_path, LATER).success
+    (row,) = read_tables(tmp_path, LATER)["audio_files"]
+    assert row["status"] == "ok"
+    assert row["duration_s"] == pytest.approx(1.9, abs=0.5)  # lj001_0002, not the 11 s JFK clip
+
+
+def test_an_unreadable_file_is_a_failed_row_and_the_others_publish(corpus, tmp_path, monkeypatch):
+    landing = tmp_path / "raw" / PARTITION
+    landing.mkdir(parents=True)
+    shutil.copy(corpus / ORIGINAL, landing / "readable.wav")
+    shutil.copy(corpus / REPLACEMENT, landing / "locked.flac")
+    local = type(Storage(str(tmp_path)).fs)
+    real_open = local._open
+
+    def no_permission(self, path, *args, **kwargs):  # chmod 000 (the tests may run as root)
+        if str(path).endswith("locked.flac"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(local, "_open", no_permission)
+    result = materialize(tmp_path, PARTITION)
+    assert result.success, step_failures(result)
+    assert retries(result) == 0
+    rows = {r["relative_path"]: r for r in read_tables(tmp_path, PARTITION)["audio_files"]}
+    assert rows["readable.wav"]["status"] == "ok"
+    assert rows["locked.flac"]["status"] == "failed"
+    assert "PermissionError" in rows["locked.flac"]["error"]
