@@ -195,14 +195,17 @@ FAILURE_POINTS = [
 ]
 
 
+@pytest.mark.parametrize("deleted", [True, False], ids=["one-deleted-one-added", "one-added"])
 @pytest.mark.parametrize(("writes_before_failure", "retried"), FAILURE_POINTS)
 def test_tables_are_consistent_at_every_failure_point(
-    published, corpus, monkeypatch, writes_before_failure, retried
+    published, corpus, monkeypatch, writes_before_failure, retried, deleted
 ):
     # The probe: transcripts unwritable, audio_files already replaced, a file `ok` without its
-    # transcript. Here one file is deleted and one added, and table writes fail after the Nth.
+    # transcript. Here one file is added (the common case: a late upload), one deleted or not,
+    # and table writes fail after the Nth.
     landing = published / "raw" / PARTITION
-    (landing / Path(CLIPS[0]).name).unlink()
+    if deleted:
+        (landing / Path(CLIPS[0]).name).unlink()
     land(corpus, published, ["short/lj001_0003.wav"])
     replace = Storage.replace_partition
     writes = []
@@ -228,8 +231,29 @@ def test_tables_are_consistent_at_every_failure_point(
     tables = read_tables(published, PARTITION)
     assert_consistent(tables)
     names = sorted(r["relative_path"] for r in tables["audio_files"])
-    assert names == sorted(["lj001_0001.wav", "lj001_0002.wav", "lj001_0003.wav"])
-    assert len(tables["transcripts"]) == 3
+    expected = ["lj001_0001.wav", "lj001_0002.wav", "lj001_0003.wav"]
+    assert names == sorted(expected + ([] if deleted else [Path(CLIPS[0]).name]))
+    assert len(tables["transcripts"]) == len(names)
+
+
+@pytest.mark.parametrize("writes_before_failure", [0, 1, 2, 3])
+def test_a_first_publish_is_consistent_at_every_failure_point(
+    corpus, tmp_path, monkeypatch, writes_before_failure
+):
+    land(corpus, tmp_path)
+    replace = Storage.replace_partition
+    writes = []
+
+    def failing_replace(self, table, partition_key, data, area="tables"):
+        if area == "tables":
+            if len(writes) >= writes_before_failure:
+                raise dg.Failure(f"injected: {table} is not writable", allow_retries=False)
+            writes.append(table)
+        return replace(self, table, partition_key, data, area)
+
+    monkeypatch.setattr(Storage, "replace_partition", failing_replace)
+    assert not materialize(tmp_path, PARTITION).success
+    assert_consistent(read_tables(tmp_path, PARTITION))
 
 
 def test_tables_failing_a_blocking_check_are_not_published(published, monkeypatch):

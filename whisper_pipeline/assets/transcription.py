@@ -336,22 +336,22 @@ def publish_bridge(context: dg.OpExecutionContext, store: Storage, transcripts: 
 
     ``write_tables`` then yields ``audio_files``, ``transcripts`` and ``transcript_segments`` in
     that order, so a reader never sees a transcribed file without its transcript, whichever
-    write fails; the next run publishes the exact tables.
+    write fails (a first publish and a late upload included); the next run publishes the exact
+    tables.
     """
     key = context.partition_key
     try:
         old_files = store.read_partition("audio_files", key)
         old_transcripts = store.read_partition("transcripts", key)
     except FileNotFoundError:
-        return
+        old_files = old_transcripts = None
     try:
         bridge = bridge_transcripts(old_files, old_transcripts, transcripts)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         # Tables of an older schema (columns are only ever added): nothing safe to carry over.
         context.log.warning("published transcripts not carried over (%s)", error)
-        return
-    if bridge is not None:
-        store.replace_partition("transcripts", key, bridge)
+        bridge = transcripts
+    store.replace_partition("transcripts", key, bridge)
 
 
 def warn_failed_files(context: dg.OpExecutionContext, files: pa.Table) -> None:

@@ -319,7 +319,7 @@ def model_failures(files: pa.Table) -> tuple[int, list[str]]:
 
 def bridge_transcripts(
     old_files: pa.Table | None, old_transcripts: pa.Table | None, new_transcripts: pa.Table
-) -> pa.Table | None:
+) -> pa.Table:
     """The ``transcripts`` to publish first, so a reader never sees a file without its transcript.
 
     A partition's tables are separate files, replaced one after another. Readers must never see
@@ -327,7 +327,9 @@ def bridge_transcripts(
     write fails. Publishing ``bridge`` (the new rows plus the old rows of files that the old
     ``audio_files`` lists as transcribed and the new transcripts lack), then ``audio_files``,
     then the new ``transcripts`` keeps that true after every write: the old ``audio_files``
-    with the bridge, the new ``audio_files`` with the bridge, then the new tables.
+    with the bridge, the new ``audio_files`` with the bridge, then the new tables. The bridge
+    is published on every run, the first included: a late upload adds a file that the old
+    transcripts lack just as a first publish does.
 
     Args:
         old_files: The published ``audio_files`` partition, or ``None`` if there is none.
@@ -335,11 +337,11 @@ def bridge_transcripts(
         new_transcripts: The ``transcripts`` about to be published.
 
     Returns:
-        The bridge table in the new schema, or ``None`` when the old tables need no bridge
-        (none published, or every old transcribed file is in the new transcripts).
+        The bridge table in the new schema: ``new_transcripts`` itself when no old transcribed
+        file is missing from it.
     """
     if old_files is None or old_transcripts is None:
-        return None
+        return new_transcripts
     transcribed = {
         file_id
         for file_id, status in zip(
@@ -351,7 +353,7 @@ def bridge_transcripts(
     }
     missing = transcribed - set(new_transcripts.column("file_id").to_pylist())
     if not missing:
-        return None
+        return new_transcripts
     keep = [row for row in old_transcripts.to_pylist() if row["file_id"] in missing]
     names = new_transcripts.schema.names
     rows = [{name: row.get(name) for name in names} for row in keep]
