@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from whisper_pipeline.assets import manifest
+from whisper_pipeline.assets import manifest, transcription
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline_tests.doubles import FakeTranscriberResource
+from whisper_pipeline_tests.doubles import FakeTranscriber, FakeTranscriberResource
 from whisper_pipeline_tests.inprocess import materialize, read_tables, retries, step_failures
 
 PARTITION = "2026-11-23"
@@ -82,3 +82,37 @@ def test_an_unreadable_file_is_a_failed_row_and_the_others_publish(corpus, tmp_p
     assert rows["readable.wav"]["status"] == "ok"
     assert rows["locked.flac"]["status"] == "failed"
     assert "PermissionError" in rows["locked.flac"]["error"]
+
+
+def test_a_storage_error_after_transcription_retries_the_write_not_the_transcription(
+    corpus, tmp_path, monkeypatch
+):
+    landing = tmp_path / "raw" / PARTITION
+    landing.mkdir(parents=True)
+    shutil.copy(corpus / ORIGINAL, landing / "a.wav")
+    shutil.copy(corpus / REPLACEMENT, landing / "b.flac")
+    monkeypatch.setattr(manifest, "WRITE_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    write_results = transcription.write_results
+    calls = {"writes": 0, "transcribed": 0}
+
+    def flaky_write(*args, **kwargs):  # an S3 5xx on the first two attempts
+        calls["writes"] += 1
+        if calls["writes"] <= 2:
+            raise OSError(5, "injected: 503 Slow Down")
+        return write_results(*args, **kwargs)
+
+    transcribe = FakeTranscriber.transcribe
+
+    def counting(self, chunks):
+        calls["transcribed"] += len(chunks)
+        return transcribe(self, chunks)
+
+    monkeypatch.setattr(transcription, "write_results", flaky_write)
+    monkeypatch.setattr(FakeTranscriber, "transcribe", counting)
+    result = materialize(tmp_path, PARTITION)
+    assert result.success, step_failures(result)
+    assert retries(result) == 0 and calls["writes"] == 3
+    tables = read_tables(tmp_path, PARTITION)
+    assert len(tables["transcripts"]) == 2
+    # The double gives one segment per chunk: every chunk was decoded once, not once a try.
+    assert calls["transcribed"] == len(tables["transcript_segments"]) > 0

@@ -7,16 +7,16 @@ from functools import partial
 import dagster as dg
 import pyarrow as pa
 
-from whisper_pipeline.assets.manifest import STORAGE_RETRY
+from whisper_pipeline.assets.manifest import STORAGE_RETRY, retry_write
 from whisper_pipeline.checks import (
     CHECK_SPECS,
     blocking_failures,
     check_results,
     not_published,
 )
+from whisper_pipeline.core import audio
 from whisper_pipeline.core.chunking import N_FRAMES
 from whisper_pipeline.core.memory import release_free_memory
-from whisper_pipeline.core import audio
 from whisper_pipeline.core.preprocess import changed_content, preprocess_file
 from whisper_pipeline.core.progress import Progress
 from whisper_pipeline.core.results import (
@@ -290,7 +290,12 @@ def transcribe_shard(
     decode_cpu = cpu_metadata(usage, cpu_usage())
     files = store.read_parquet(posixpath.join(shard_dir, FILES_FILE)).to_pylist()
     assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())
-    write_results(store, shard.plan.run_dir, shard.plan.options_key, assembled)
+    # Retried here, not by the step: a step retry would transcribe the whole shard again.
+    retry_write(
+        lambda: write_results(store, shard.plan.run_dir, shard.plan.options_key, assembled),
+        f"shard {shard.plan.index}'s results",
+        context.log.warning,
+    )
     decode_s = finished - loaded
     peak = peak_rss_mib()
     context.log.info(
