@@ -8,11 +8,12 @@ are non-blocking warnings about the partition's data (files that failed, a day w
 landed), shown on the asset in the UI.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 import pyarrow as pa
 
+from whisper_pipeline.core.results import KeptFile
 from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_OK, STATUSES, TABLE_SCHEMAS
 from whisper_pipeline.partitions import daily_partitions
 
@@ -35,6 +36,18 @@ WARNINGS = {
 
 FAILED_FILES_SHOWN = 50
 """Failed files listed in the ``no_failed_files`` check's metadata (the count covers all)."""
+
+
+KEPT_REASON = "failed in this run, published transcript kept"
+"""How ``no_failed_files`` lists a file that kept its published rows after failing."""
+
+
+def failed_description(failed: int, kept: int, files: int) -> str | None:
+    """``no_failed_files``' description: e.g. ``"1 of 4 files failed"``; ``None`` if none did."""
+    parts = [f"{failed} of {files} files failed"] if failed else []
+    if kept:
+        parts.append(f"{kept} of {files} failed in this run and kept their published transcript")
+    return "; ".join(parts) or None
 
 
 def _cell(text: str) -> str:
@@ -153,7 +166,11 @@ def not_published(results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResul
 
 
 def check_results(
-    tables: dict[str, pa.Table], manifest: pa.Table, key: str, landing_uri: str
+    tables: dict[str, pa.Table],
+    manifest: pa.Table,
+    key: str,
+    landing_uri: str,
+    kept: Sequence[KeptFile] = (),
 ) -> Iterator[dg.AssetCheckResult]:
     """Row-count, coverage, empty-text, schema, failed-file and empty-day checks on a partition.
 
@@ -165,6 +182,8 @@ def check_results(
         manifest: The partition's ``audio_manifest`` (one row per landed entry).
         key: The partition's date, ``YYYY-MM-DD``.
         landing_uri: The partition's landing folder, shown on the ``files_landed`` warning.
+        kept: Files that failed in this run and kept their published rows
+            (``core.results.keep_published``): ``no_failed_files`` lists them with the failures.
 
     Yields:
         One result per ``CHECKS`` and ``WARNINGS`` entry.
@@ -214,16 +233,20 @@ def check_results(
     )
 
     failed = [row for row in files if row["status"] == STATUS_FAILED]
+    kept_rows = [
+        {"relative_path": k.relative_path, "error": f"{KEPT_REASON}: {k.error}"} for k in kept
+    ]
     yield dg.AssetCheckResult(
         asset_key="audio_files",
         check_name="no_failed_files",
-        passed=not failed,
+        passed=not failed and not kept,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"{len(failed)} of {len(files)} files failed" if failed else None,
+        description=failed_description(len(failed), len(kept), len(files)),
         metadata={
             "files_failed": len(failed),
+            "files_kept_after_failure": len(kept),
             "files": len(files),
-            "failed_files": dg.MetadataValue.md(failed_files_markdown(failed)),
+            "failed_files": dg.MetadataValue.md(failed_files_markdown(failed + kept_rows)),
         },
     )
     yield dg.AssetCheckResult(

@@ -80,6 +80,12 @@ LANDING_FINGERPRINT_TAG = "whisper_pipeline/landing_fingerprint"
 PARTITION_TAG = "dagster/partition"
 """Dagster's run tag holding a single-partition run's partition key."""
 
+KEPT_METADATA_KEY = "files_kept_after_failure"
+"""``transcripts`` output metadata: files that failed in that run and kept their published rows;
+a partition whose latest materialization has any is stale (it is run again)."""
+
+TRANSCRIPTS_KEY = dg.AssetKey("transcripts")
+
 MANIFEST_KEY = dg.AssetKey("audio_manifest")
 """The staging asset whose materializations record the fingerprint."""
 
@@ -202,6 +208,7 @@ def _recorded(
         dg.AssetRecordsFilter(asset_key=MANIFEST_KEY, storage_ids=list(manifest_ids.values())),
         limit=len(manifest_ids),
     ).records
+    kept = _partitions_with_kept_files(instance, tables[TABLE_KEYS.index(TRANSCRIPTS_KEY)])
     recorded = {}
     for record in records:
         materialization = record.asset_materialization
@@ -212,8 +219,31 @@ def _recorded(
         fingerprint = value.value if value is not None else None
         published = all(table.get(key, -1) > record.storage_id for table in tables)
         usable = fingerprint if published and isinstance(fingerprint, str) else None
+        if key in kept:  # published, but some files kept an earlier transcript: run it again
+            usable = None
         recorded[key] = (record.storage_id, usable)
     return recorded
+
+
+def _partitions_with_kept_files(
+    instance: dg.DagsterInstance, transcripts_ids: dict[str, int]
+) -> set[str]:
+    """Partitions whose latest ``transcripts`` materialization kept files after a failure."""
+    if not transcripts_ids:
+        return set()
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=TRANSCRIPTS_KEY, storage_ids=list(transcripts_ids.values())
+        ),
+        limit=len(transcripts_ids),
+    ).records
+    kept = set()
+    for record in records:
+        materialization = record.asset_materialization
+        value = materialization.metadata.get(KEPT_METADATA_KEY) if materialization else None
+        if value is not None and value.value and materialization.partition:
+            kept.add(materialization.partition)
+    return kept
 
 
 def _in_flight(instance: dg.DagsterInstance, partition_keys: Iterable[str]) -> set[tuple[str, str]]:

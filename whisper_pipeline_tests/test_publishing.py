@@ -154,10 +154,15 @@ def test_model_failing_on_every_file_fails_and_keeps_tables(published):
     assert table_bytes(published) == before
 
 
-def test_model_failing_on_one_file_publishes_a_failure_row(published):
+def test_model_failing_on_one_file_publishes_a_failure_row_when_told_to(published):
+    # By default the file would keep its published transcript (test_trust.py).
     sha = read_tables(published, PARTITION)["transcripts"][0]["content_sha256"]
     result = materialize(
-        published, PARTITION, FakeTranscriberResource(fail_contents=[sha]), redo=True
+        published,
+        PARTITION,
+        FakeTranscriberResource(fail_contents=[sha]),
+        redo=True,
+        write_config={"keep_published_on_failure": False},
     )
     assert result.success, step_failures(result)
     files = {r["content_sha256"]: r for r in read_tables(published, PARTITION)["audio_files"]}

@@ -5,10 +5,12 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from whisper_pipeline.assets import manifest, transcription
 from whisper_pipeline.core.storage import Storage
+from whisper_pipeline.landing import landing_states
 from whisper_pipeline_tests.doubles import FakeTranscriber, FakeTranscriberResource
 from whisper_pipeline_tests.inprocess import materialize, read_tables, retries, step_failures
 
@@ -116,3 +118,44 @@ def test_a_storage_error_after_transcription_retries_the_write_not_the_transcrip
     assert len(tables["transcripts"]) == 2
     # The double gives one segment per chunk: every chunk was decoded once, not once a try.
     assert calls["transcribed"] == len(tables["transcript_segments"]) > 0
+
+
+def test_a_transient_model_failure_never_replaces_a_good_transcript(corpus, tmp_path):
+    landing = tmp_path / "raw" / PARTITION
+    landing.mkdir(parents=True)
+    shutil.copy(corpus / ORIGINAL, landing / "a.wav")
+    shutil.copy(corpus / REPLACEMENT, landing / "b.flac")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(tmp_path, PARTITION, instance=instance).success
+    good = read_tables(tmp_path, PARTITION)
+    flaky = FakeTranscriberResource(fail_contents=[sha256(landing / "a.wav")[:12]])
+
+    # A re-run (redo, or a new model: a new cache key) whose model fails on a.wav once.
+    result = materialize(tmp_path, PARTITION, flaky, redo=True, instance=instance)
+    assert result.success, step_failures(result)
+    tables = read_tables(tmp_path, PARTITION)
+    (a_id,) = [r["file_id"] for r in good["audio_files"] if r["relative_path"] == "a.wav"]
+    for name, rows in tables.items():  # a.wav keeps its published rows in all four tables
+        assert [r for r in rows if r["file_id"] == a_id] == [
+            r for r in good[name] if r["file_id"] == a_id
+        ], name
+    assert [r["status"] for r in tables["audio_files"]] == ["ok", "ok"]
+    assert len(tables["transcripts"]) == 2
+    (warning,) = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert warning.check_name == "no_failed_files"
+    assert "1 of 2 failed in this run and kept their published transcript" in warning.description
+    transcripts = [
+        m for m in result.get_asset_materialization_events() if m.asset_key.path == ["transcripts"]
+    ]
+    assert transcripts[0].materialization.metadata["files_kept_after_failure"].value == 1
+    # The partition is marked for a retry: the sensor and the nightly schedule request it.
+    (state,) = landing_states(instance, Storage(str(tmp_path)), [PARTITION])
+    assert state.stale
+
+    # An explicit choice publishes the failure instead.
+    result = materialize(
+        tmp_path, PARTITION, flaky, redo=True, write_config={"keep_published_on_failure": False}
+    )
+    assert result.success
+    rows = {r["relative_path"]: r for r in read_tables(tmp_path, PARTITION)["audio_files"]}
+    assert rows["a.wav"]["status"] == "failed" and rows["b.flac"]["status"] == "ok"

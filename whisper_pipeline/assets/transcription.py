@@ -23,6 +23,7 @@ from whisper_pipeline.core.results import (
     assemble,
     bridge_transcripts,
     build_tables,
+    keep_published,
     model_failures,
 )
 from whisper_pipeline.core.schema import (
@@ -49,6 +50,7 @@ from whisper_pipeline.core.staging import (
     write_results,
 )
 from whisper_pipeline.core.storage import Storage
+from whisper_pipeline.landing import KEPT_METADATA_KEY
 from whisper_pipeline.metrics import (
     audio_files_metadata,
     cpu_metadata,
@@ -76,6 +78,20 @@ processes, a model load and emptier batches: the corpus partition ran fastest as
 GPU_MIN_AUDIO_S_PER_SHARD = 300.0
 """Audio per shard when the model runs on CUDA, where transcription is about as fast as one
 core's preprocessing and shards must preprocess in parallel to keep the GPU busy."""
+
+
+class WriteTablesConfig(dg.Config):
+    """How a partition's tables are published.
+
+    Attributes:
+        keep_published_on_failure: A file that fails in this run while its content is unchanged
+            keeps the transcript published for it (``core.results.keep_published``), reported
+            as a warning, in ``no_failed_files`` and in the ``files_kept_after_failure``
+            metadata, and the partition is requested again (``whisper_pipeline.landing``).
+            False publishes the failure rows instead.
+    """
+
+    keep_published_on_failure: bool = True
 
 
 class PlanShardsConfig(dg.Config):
@@ -359,6 +375,17 @@ def publish_bridge(context: dg.OpExecutionContext, store: Storage, transcripts: 
     store.replace_partition("transcripts", key, bridge)
 
 
+def read_published(store: Storage, key: str) -> dict[str, pa.Table | None]:
+    """The partition's published tables by name; ``None`` for a table never published."""
+    published = {}
+    for name in TABLE_SCHEMAS:
+        try:
+            published[name] = store.read_partition(name, key)
+        except FileNotFoundError:
+            published[name] = None
+    return published
+
+
 def warn_failed_files(context: dg.OpExecutionContext, files: pa.Table) -> None:
     """One warning line per failed file of the ``audio_files`` table: its path and the reason.
 
@@ -386,6 +413,7 @@ def warn_failed_files(context: dg.OpExecutionContext, files: pa.Table) -> None:
 )
 def write_tables(
     context: dg.OpExecutionContext,
+    config: WriteTablesConfig,
     storage: StorageResource,
     whisper: WhisperModelResource,
     audio_manifest: pa.Table,
@@ -421,8 +449,19 @@ def write_tables(
         )
     built = {"audio_files": files, "transcripts": transcripts, "transcript_segments": segments,
              "transcript_words": words}  # fmt: skip
+    kept = []
+    if config.keep_published_on_failure:
+        built, kept = keep_published(built, read_published(store, context.partition_key))
+        files, transcripts = built["audio_files"], built["transcripts"]
+        segments, words = built["transcript_segments"], built["transcript_words"]
+        for file in kept:
+            context.log.warning(
+                "failed in this run, kept its published transcript (same content): %s: %s",
+                file.relative_path,
+                file.error,
+            )
     landing_uri = store.uri(store.raw_dir(context.partition_key))
-    checks = list(check_results(built, audio_manifest, context.partition_key, landing_uri))
+    checks = list(check_results(built, audio_manifest, context.partition_key, landing_uri, kept))
     failures = blocking_failures(checks)
     if failures:
         yield from not_published(checks)
@@ -439,6 +478,8 @@ def write_tables(
         **transcripts_metadata(transcripts, shards, len(contents)),
         **idle_metrics(intervals, sum(s.transcribe_s for s in shards), run_started),
         **spec.metadata(),
+        # Read by whisper_pipeline.landing: a partition with kept files is run again.
+        KEPT_METADATA_KEY: len(kept),
         "preview": dg.MetadataValue.md(preview_markdown(transcripts)),
     }
     yield dg.Output(transcripts, "transcripts", metadata=metadata)

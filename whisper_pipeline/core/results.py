@@ -358,3 +358,69 @@ def bridge_transcripts(
     names = new_transcripts.schema.names
     rows = [{name: row.get(name) for name in names} for row in keep]
     return pa.concat_tables([new_transcripts, pa.Table.from_pylist(rows, new_transcripts.schema)])
+
+
+@dataclass(frozen=True)
+class KeptFile:
+    """A file that failed in this run and kept the rows published for the same content.
+
+    Attributes:
+        file_id: The file's ``file_id``.
+        relative_path: Its path under the landing folder.
+        error: Why it failed in this run.
+    """
+
+    file_id: str
+    relative_path: str
+    error: str
+
+
+def keep_published(
+    built: dict[str, pa.Table], published: dict[str, pa.Table | None]
+) -> tuple[dict[str, pa.Table], list[KeptFile]]:
+    """Put back the published rows of files that failed now but whose content is unchanged.
+
+    A failure in this run (a CUDA out-of-memory, a model that raised, a lost result) says
+    nothing about the content, which was transcribed before: its published transcript stays,
+    and the failure is reported instead of replacing good data. A file is kept when this run's
+    ``audio_files`` row is ``failed``, the published row of the same ``file_id`` has the same
+    ``content_sha256`` and is not ``failed``; its published rows of all four tables replace
+    the new ones (a changed or new file is never kept).
+
+    Args:
+        built: The four tables as ``build_tables`` built them, by name.
+        published: The partition's published tables by name (``None`` when absent).
+
+    Returns:
+        ``(tables, kept)``: the tables to publish (``built`` itself when nothing is kept) and
+        the files kept, in ``audio_files`` order. Nothing is kept when a published table is
+        missing or of an older schema.
+    """
+    old_files = published.get("audio_files")
+    if old_files is None or any(published.get(name) is None for name in built):
+        return built, []
+    if any(published[name].schema != table.schema for name, table in built.items()):
+        return built, []
+    good = {
+        row["file_id"]: row["content_sha256"]
+        for row in old_files.to_pylist()
+        if row["status"] != STATUS_FAILED and row["content_sha256"]
+    }
+    kept = [
+        KeptFile(row["file_id"], row["relative_path"], row["error"])
+        for row in built["audio_files"].to_pylist()
+        if row["status"] == STATUS_FAILED
+        and row["content_sha256"]
+        and good.get(row["file_id"]) == row["content_sha256"]
+    ]
+    if not kept:
+        return built, []
+    ids = {k.file_id for k in kept}
+    order = {row["file_id"]: i for i, row in enumerate(built["audio_files"].to_pylist())}
+    tables = {}
+    for name, table in built.items():
+        new_rows = [row for row in table.to_pylist() if row["file_id"] not in ids]
+        old_rows = [row for row in published[name].to_pylist() if row["file_id"] in ids]
+        rows = sorted(new_rows + old_rows, key=lambda row: order[row["file_id"]])  # stable
+        tables[name] = pa.Table.from_pylist(rows, schema=table.schema)
+    return tables, kept
