@@ -123,6 +123,26 @@ def lookback_days() -> int:
     return days
 
 
+def misnamed_landing_folders(names: Iterable[str]) -> list[str]:
+    """The names under ``raw/`` that are no daily partition key, so nothing ever reads them.
+
+    ``2026-02-30`` (no such day), ``2026-1-5`` (not zero-padded), ``20261105``, ``2023-12-31``
+    (before the partitions start) and hidden names' siblings alike; hidden names (``.``) are
+    skipped, as everywhere in the landing zone.
+    """
+    bad = []
+    for name in names:
+        if name.startswith("."):
+            continue
+        try:
+            valid = datetime.strptime(name, "%Y-%m-%d").strftime("%Y-%m-%d") == name
+        except ValueError:
+            valid = False
+        if not valid or name < daily_partitions.get_first_partition_key():
+            bad.append(name)
+    return bad
+
+
 def lookback_window(now: datetime, days: int) -> list[str]:
     """The ``days`` most recent complete daily partitions at ``now``, oldest first.
 
@@ -303,7 +323,16 @@ def landing_zone_sensor(
     one ``transcribe_partition`` run of that day per listing (see ``whisper_pipeline.landing``).
     """
     keys = lookback_window(datetime.now(UTC), lookback_days())
-    states = landing_states(context.instance, storage.get(), keys)
+    store = storage.get()
+    misnamed = misnamed_landing_folders(store.landing_folder_names())
+    if misnamed:
+        context.log.warning(
+            "never transcribed: %d entries under %s are not YYYY-MM-DD partition keys: %s",
+            len(misnamed),
+            store.uri(store.path("raw")),
+            ", ".join(misnamed[:20]) + (" ..." if len(misnamed) > 20 else ""),
+        )
+    states = landing_states(context.instance, store, keys)
     requested = json.loads(context.cursor) if context.cursor else {}
     cursor = {key: requested[key] for key in keys if key in requested}
     requests = []
@@ -319,4 +348,6 @@ def landing_zone_sensor(
     reason = f"{len(keys)} landing folders ({keys[0]}..{keys[-1]}): nothing new to request"
     if stale:
         reason += f" ({stale} stale, already requested for their listing)"
+    if misnamed:
+        reason += f"; {len(misnamed)} misnamed landing folders never read: {misnamed[:5]}"
     return dg.SensorResult(skip_reason=reason, cursor=new_cursor)

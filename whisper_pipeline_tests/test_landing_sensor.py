@@ -257,3 +257,19 @@ def test_nightly_still_requests_a_published_day_whose_folder_vanished(instance, 
     built(root, yesterday, instance)
     shutil.rmtree(root / "raw" / yesterday)  # an unmounted volume: audio_manifest must fail loudly
     assert [r.partition_key for r in nightly(instance, root, at)] == [yesterday]
+
+
+def test_misnamed_landing_folders_are_named_in_the_sensor_tick(instance, root, corpus):
+    for name in ("2026-02-30", "2026-1-5", "20261105", "2023-12-31", ".uploads"):
+        land(root, name, corpus, CLIPS[0])
+    (root / "raw" / days_now()[-1]).mkdir()  # a real (empty) day beside them
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"storage": StorageResource(root=str(root))},
+        repository_def=defs.get_repository_def(),
+    )
+    result = landing_zone_sensor.evaluate_tick(context)
+    assert not result.run_requests
+    # In the tick's skip reason (the UI's sensor page); its log has the same as a warning.
+    misnamed = "4 misnamed landing folders never read: ['2023-12-31', '2026-02-30', '2026-1-5',"
+    assert misnamed + " '20261105']" in result.skip_message

@@ -1,3 +1,4 @@
+import errno
 import os
 
 import duckdb
@@ -64,3 +65,18 @@ def test_schema_doc_is_generated_from_the_code():
     from whisper_pipeline_tests.conftest import REPOSITORY
 
     assert (REPOSITORY / "docs" / "SCHEMA.md").read_text().endswith(schema_markdown())
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch):
+    storage = Storage(str(tmp_path))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        storage.write_bytes_atomic(storage.path("tables", "x", "part-0.parquet"), b"data")
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename.endswith("tables/x/part-0.parquet")
+    assert "tables/x/part-0.parquet" in str(raised.value)
+    assert not list(tmp_path.rglob("*.tmp-*"))  # the temporary file went

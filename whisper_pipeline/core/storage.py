@@ -182,6 +182,13 @@ class Storage:
             found = _list_object_store(self.fs.find(base, detail=True), base)
         return sorted(found, key=lambda f: f.relative_path)
 
+    def landing_folder_names(self) -> list[str]:
+        """Names of the entries directly under ``raw/`` (folders, or stray files), sorted."""
+        raw = self.path("raw")
+        if not self.fs.isdir(raw):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(raw, detail=False))
+
     def listing_fingerprint(self, partition_key: str) -> str | None:
         """Fingerprint of the partition's landing folder listing, without reading any file.
 
@@ -242,7 +249,17 @@ class Storage:
         Local: write a hidden temporary file beside it, then ``os.replace`` (atomic on POSIX).
         Object stores: one PUT, which S3 and GCS make visible atomically (s3fs sends up to
         100 MiB as one PutObject, more as a multipart upload, also visible only once complete).
+
+        Raises:
+            OSError: The write failed (a full disk, an S3 error); the message names the target
+                even where the operating system's does not (``ENOSPC`` on ``write``).
         """
+        try:
+            self._write_bytes_atomic(path, data)
+        except OSError as error:
+            raise with_path(error, self.uri(path)) from error
+
+    def _write_bytes_atomic(self, path: str, data: bytes) -> None:
         self.makedirs(posixpath.dirname(path))
         if not self.is_local:
             self.fs.pipe_file(path, data)
@@ -290,6 +307,17 @@ class Storage:
 _VERSION_FIELDS = ("ETag", "etag", "generation", "mtime", "LastModified", "updated")
 """Object-store listing fields naming an object's version, first present wins: the ETag (S3,
 GCS, Azure), GCS's generation, else a modification time (``LandedFile.version``)."""
+
+
+def with_path(error: OSError, uri: str) -> OSError:
+    """``error`` itself when it names a file, else the same kind of error naming ``uri``.
+
+    ``write`` and ``fsync`` errors (``ENOSPC``: no space left on device) carry no file name,
+    so the run log would not say which disk or object is at fault.
+    """
+    if error.filename is not None or error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), uri)
 
 
 def _fingerprint(entries: list[tuple[str, int, str]]) -> str:
