@@ -14,7 +14,10 @@ process's pid (in the run's ``RUN_START`` event) but not its host, so:
 * ``dead_run_sensor``, evaluated by the daemon (``dagster dev`` and production run it), finds
   in-progress runs tagged for its own host whose orchestrator is gone (no such pid, a zombie, or
   a reused pid with another start time) and none of whose step processes is still alive, marks
-  them failed and frees their pool slots at once.
+  them failed and frees their pool slots at once; it also frees the slots still held by runs
+  of its host that ended (failed by run monitoring, say) with no step process alive.
+* Step processes never outlive their run: each is SIGKILLed when the executor's forkserver
+  ends, which it does with the run's process (``whisper_pipeline.preload``).
 
 Bound: with the daemon running, a dead run is failed and its slots freed at the sensor's next
 tick, within ``DEAD_RUN_SENSOR_INTERVAL_S`` (30 s) plus the daemon's sensor loop (it wakes every
@@ -219,6 +222,44 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     return failed
 
 
+def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Free the pool slots still held by ended runs of this host none of whose steps is alive.
+
+    A run failed by someone else (run monitoring fails a daemon-launched run whose worker died
+    within seconds) keeps its slots until run monitoring frees them,
+    ``free_slots_after_run_end_seconds`` after the failure at its next poll (120 s by default):
+    a queued run's transcription waits that long for nothing. A slot is freed only when the run
+    has ended, ran on this host (``record_orchestrator``'s tags) and no process of its steps is
+    alive, so a step still decoding keeps its slot. Runs of other hosts are left to run
+    monitoring.
+
+    Args:
+        instance: The Dagster instance whose pools are checked.
+
+    Returns:
+        The ids of the runs whose slots were freed.
+    """
+    storage = instance.event_log_storage
+    if not _on_linux() or not storage.supports_global_concurrency_limits:
+        return []
+    host, namespace = socket.gethostname(), _pid_namespace()
+    holding = set()
+    for pool in storage.get_concurrency_keys():
+        holding |= storage.get_concurrency_info(pool).active_run_ids
+    freed = []
+    for run_id in sorted(holding):
+        run = instance.get_run_by_id(run_id)
+        if run is None or not run.is_finished:
+            continue
+        if run.tags.get(HOST_TAG) != host or run.tags.get(PID_NAMESPACE_TAG) != namespace:
+            continue
+        if _live_step_pids(instance, run_id):
+            continue
+        storage.free_concurrency_slots_for_run(run_id)
+        freed.append(run_id)
+    return freed
+
+
 @dg.sensor(
     minimum_interval_seconds=DEAD_RUN_SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -234,6 +275,12 @@ def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     failed = fail_dead_runs(context.instance)
     for run_id in failed:
         context.log.warning("run %s: orchestrating process gone; marked failed", run_id)
+    freed = free_slots_of_ended_runs(context.instance)
+    for run_id in freed:
+        context.log.warning("run %s: ended with no step alive; its pool slots freed", run_id)
+    reasons = []
     if failed:
-        return dg.SkipReason(f"marked {len(failed)} dead runs failed: {', '.join(failed)}")
-    return dg.SkipReason(f"no dead runs on {socket.gethostname()}")
+        reasons.append(f"marked {len(failed)} dead runs failed: {', '.join(failed)}")
+    if freed:
+        reasons.append(f"freed the slots of {len(freed)} ended runs: {', '.join(freed)}")
+    return dg.SkipReason("; ".join(reasons) or f"no dead runs on {socket.gethostname()}")

@@ -218,8 +218,18 @@ def test_daemon_frees_the_pool_of_a_sigkilled_cli_run(corpus, tmp_path, dagster_
         )
     try:
         wait_for(holds_the_slot, first, 600, "transcribe_shard held the gpu slot")
-        os.killpg(first.pid, signal.SIGKILL)
+        (run,) = instance.get_runs()
+        steps = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+        (step_pid,) = [
+            e.dagster_event.pid for e in steps if e.step_key.startswith("transcript_tables.tr")
+        ]
+        # The run's process alone (the OOM killer's pick): its steps must not outlive it.
+        os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while process_start_ticks(step_pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_start_ticks(step_pid) is None, "transcribe_shard outlived its run"
     finally:
         stop(first)
     (killed,) = instance.get_runs()
@@ -244,3 +254,25 @@ def test_daemon_frees_the_pool_of_a_sigkilled_cli_run(corpus, tmp_path, dagster_
     assert not instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids
     transcripts = f"read_parquet('{root}/tables/transcripts/date={SECOND_PARTITION}/*.parquet')"
     assert duckdb.sql(f"select count(*) from {transcripts}").fetchall() == [(2,)]
+
+
+@linux_only
+def test_sensor_frees_the_slots_of_ended_runs_with_no_step_alive(instance):
+    # A daemon-launched run whose worker died is failed by run monitoring within seconds, but
+    # its slot would wait for run monitoring's next poll (120 s) plus 30 s.
+    pid, start = dead_pid()
+    me = os.getpid()
+    ended = started_run(instance, pid, start, step_pids=(pid,))
+    stepping = started_run(instance, pid, start, step_pids=(me,))  # a step still decodes
+    elsewhere = started_run(instance, pid, start, host="another-host")
+    storage = instance.event_log_storage
+    storage.initialize_concurrency_limit_to_default(GPU_POOL)
+    storage.set_concurrency_slots(GPU_POOL, 3)
+    for run_id in (ended, stepping, elsewhere):
+        assert storage.claim_concurrency_slot(GPU_POOL, run_id, "transcribe_shard").is_claimed
+        instance.report_run_failed(instance.get_run_by_id(run_id), message="worker died")
+
+    result = dead_run_sensor(dg.build_sensor_context(instance=instance))
+
+    assert f"freed the slots of 1 ended runs: {ended}" in result.skip_message
+    assert storage.get_concurrency_info(GPU_POOL).active_run_ids == {stepping, elsewhere}
