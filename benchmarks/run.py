@@ -44,7 +44,8 @@ method alike: a row's wall time is the median of its N runs, its speed-up the ra
 and the notes list every run's wall time. Its WER, memory and metadata are the first run's.
 
 Input sets: ``corpus`` (every file of ``../shared/corpus/manifest.csv``, or of
-``$WHISPER_PIPELINE_CORPUS``) and ``many-short`` (``--short-clips`` English sentences synthesized
+``$WHISPER_PIPELINE_CORPUS``), ``real-short`` (the corpus's real recordings of at most 15 s)
+and ``many-short`` (``--short-clips`` English sentences synthesized
 offline with Piper, cached under ``OUT/many_short/``).
 
 Reading the table:
@@ -97,7 +98,7 @@ from whisper_pipeline.core.memory import GLIBC_TUNABLES, HUGEPAGE_TUNABLE
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPOSITORY / "benchmarks" / "out"
 PARTITION = "2026-11-20"
-INPUT_SETS = ("corpus", "many-short")
+INPUT_SETS = ("corpus", "real-short", "many-short")
 METHODS = {
     1: "faster-whisper sequential",
     2: "faster-whisper batched",
@@ -173,6 +174,10 @@ class ModelConfig:
 def corpus_dir() -> Path:
     """The shared corpus: ``$WHISPER_PIPELINE_CORPUS``, else ``../shared/corpus``."""
     return Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus"))
+
+
+REAL_SHORT_MAX_S = 15.0
+"""Longest corpus file of the ``real-short`` set: the corpus's real recorded short clips."""
 
 
 def load_corpus(limit: int | None) -> list[AudioInput]:
@@ -319,6 +324,9 @@ def load_input_set(name: str, limit: int | None, short_clips: int, out: Path) ->
     """The files of input set ``name`` (see ``INPUT_SETS``), at most ``limit`` of them."""
     if name == "corpus":
         return load_corpus(limit)
+    if name == "real-short":
+        short = [a for a in load_corpus(None) if a.duration_s <= REAL_SHORT_MAX_S]
+        return short[:limit]
     if name == "many-short":
         return synthesize_clips(short_clips, out / "many_short")[:limit]
     raise ValueError(f"unknown input set {name!r}; choose from {', '.join(INPUT_SETS)}")
