@@ -22,6 +22,7 @@ import soundfile
 from whisper_pipeline.commands import materialize_command
 from whisper_pipeline.core.audio import SAMPLE_RATE
 from whisper_pipeline.core.storage import Storage
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.resources.storage import DEFAULT_ROOT
 
 SAMPLE_SENTENCES = (
@@ -32,8 +33,6 @@ SAMPLE_SENTENCES = (
     "A corrupt upload is recorded as a failure and never stops the rest of the partition.",
     "Data engineers query the results with DuckDB, Polars, Spark or Athena.",
 )
-
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def synthesize(sentence: str, voice) -> tuple[np.ndarray, int]:
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
 
     storage = Storage(root)
     landing = Path(storage.raw_dir(args.partition))
