@@ -2,7 +2,7 @@
 
 Both modes materialize the same 7 daily partitions (2 short corpus clips each, 14 different
 clips: nothing is a cache hit), each on a fresh ``DAGSTER_HOME`` (this repository's
-``dagster.yaml``) and storage root:
+``deploy/dagster.yaml``) and storage root:
 
 * **backfill**: ``dagster-daemon run`` is started and given time to come up (not timed), then
   ``dagster job backfill ... --noprompt`` submits one run per partition to the run queue (the
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from whisper_pipeline.commands import backfill_command, materialize_command, running_daemon
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
 from whisper_pipeline.metrics import step_intervals
 
@@ -50,7 +51,7 @@ def setup(work: Path, corpus: Path) -> tuple[Path, dict]:
     """A fresh DAGSTER_HOME and storage root with the landing folders; returns (home, env)."""
     home, root = work / "home", work / "root"
     home.mkdir(parents=True)
-    shutil.copy(REPOSITORY / "dagster.yaml", home)
+    shutil.copy(BASE_INSTANCE, home)
     clips = sorted((corpus / "short").glob("lj001_*.wav"))
     assert len(clips) >= CLIPS_PER_PARTITION * len(PARTITIONS), "not enough short clips"
     for index, partition in enumerate(PARTITIONS):

@@ -2,7 +2,7 @@
 
 The whole shared corpus (``short``, ``long``, ``formats``: 82 files, 20 minutes) is landed in
 one partition and materialized through the Dagster CLI twice per plan, each time on a fresh
-``DAGSTER_HOME`` (this repository's ``dagster.yaml``) and storage root:
+``DAGSTER_HOME`` (this repository's ``deploy/dagster.yaml``) and storage root:
 
 * **multiprocess**: profile ``local``: the multiprocess executor, one process per step forked
   from its forkserver (``definitions.EXECUTOR_CONFIG``), at most 2 steps at once on 2 cores.
@@ -47,6 +47,7 @@ from pathlib import Path
 
 from whisper_pipeline.celery_app import BROKER_ENV, running_worker
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.placement import CPU_QUEUE, GPU_QUEUE
 from whisper_pipeline.profiles import CELERY, LOCAL, PROFILE_ENV
 
@@ -103,7 +104,7 @@ def setup(work: Path) -> tuple[Path, Path]:
     for folder in ("short", "long", "formats"):
         shutil.copytree(CORPUS / folder, root / "raw" / PARTITION / folder)
     home.mkdir(parents=True)
-    shutil.copy(REPOSITORY / "dagster.yaml", home)
+    shutil.copy(BASE_INSTANCE, home)
     return root, home
 
 

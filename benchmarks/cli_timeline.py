@@ -24,6 +24,7 @@ from pathlib import Path
 
 from benchmarks.run import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.instance import BASE_INSTANCE
 
 MARKS = ("STEP_WORKER_STARTING", "STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
 
@@ -52,7 +53,7 @@ def main() -> None:
         root, home = Path(tmp) / "root", Path(tmp) / "home"
         count = stage(root / "raw" / PARTITION, args.inputs)
         home.mkdir()
-        shutil.copy(REPOSITORY / "dagster.yaml", home)
+        shutil.copy(BASE_INSTANCE, home)
         env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
         started = time.time()
         command = materialize_command(PARTITION, "--config-json", json.dumps(run_config))

@@ -94,6 +94,7 @@ from pathlib import Path
 
 from whisper_pipeline.commands import materialize_command
 from whisper_pipeline.core.memory import GLIBC_TUNABLES, HUGEPAGE_TUNABLE
+from whisper_pipeline.instance import BASE_INSTANCE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPOSITORY / "benchmarks" / "out"
@@ -653,7 +654,7 @@ def run_dagster_cli(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(item.path, target)
         home.mkdir()
-        shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
         env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
         if not hugepages:
             env[GLIBC_TUNABLES] = f"{HUGEPAGE_TUNABLE}=0"

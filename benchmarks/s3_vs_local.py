@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks.run import corpus_dir
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.instance import BASE_INSTANCE
 
 PARTITION = "2026-11-20"
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def corpus_files() -> list[Path]:
 
 def materialize(root: str, env: dict) -> float:
     with tempfile.TemporaryDirectory(prefix="bench_home_") as home:
-        shutil.copy(REPOSITORY / "dagster.yaml", home)
+        shutil.copy(BASE_INSTANCE, home)
         started = time.perf_counter()
         completed = subprocess.run(
             materialize_command(PARTITION),

@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.instance import BASE_INSTANCE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PARTITION = "2026-11-20"
@@ -34,7 +35,7 @@ def run_once(method: str, landing_source: Path, work: Path) -> dict:
     root, home = work / method / "root", work / method / "home"
     shutil.copytree(landing_source, root / "raw" / PARTITION)
     home.mkdir(parents=True)
-    shutil.copy(REPOSITORY / "dagster.yaml", home)
+    shutil.copy(BASE_INSTANCE, home)
     env = dict(
         os.environ,
         DAGSTER_HOME=str(home),

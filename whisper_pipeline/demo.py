@@ -3,16 +3,20 @@
 Synthesizes sample speech offline with Piper (or copies a folder you name) into the landing
 zone, then materializes one daily partition through the Dagster CLI with the multiprocess
 executor, a SQLite instance in ``$DAGSTER_HOME`` (default ``./.dagster_home``), local storage in
-``$WHISPER_PIPELINE_ROOT`` (default ``./data``) and the bundled tiny.en model.
+``$WHISPER_PIPELINE_ROOT`` (default ``./data``) and the bundled tiny.en model. It prints the
+partition's files, a DuckDB query and its rows; the run's full log goes to a file in
+``$DAGSTER_HOME`` (and is in the UI), and a failed run prints that log's tail and exits non-zero.
 """
 
 import argparse
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import sys
 import wave
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ import soundfile
 from whisper_pipeline.commands import materialize_command
 from whisper_pipeline.core.audio import SAMPLE_RATE
 from whisper_pipeline.core.storage import Storage
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.resources.storage import DEFAULT_ROOT
 
 SAMPLE_SENTENCES = (
@@ -32,8 +37,6 @@ SAMPLE_SENTENCES = (
     "A corrupt upload is recorded as a failure and never stops the rest of the partition.",
     "Data engineers query the results with DuckDB, Polars, Spark or Athena.",
 )
-
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def synthesize(sentence: str, voice) -> tuple[np.ndarray, int]:
@@ -98,8 +101,71 @@ def duckdb_query(tables: str, partition: str) -> str:
     )
 
 
+LOG_TAIL_LINES = 40
+"""Lines of the run's log the demo prints when the run fails."""
+
+RUN_ID = re.compile(r" - ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) - ")
+
+
+def run_id_in(log_text: str) -> str | None:
+    """The run id in a ``dagster asset materialize`` log (its event lines carry it), if any."""
+    match = RUN_ID.search(log_text)
+    return match.group(1) if match else None
+
+
+def query_result(sql: str) -> list[tuple] | None:
+    """The rows of ``sql`` run with DuckDB, or None where the duckdb package is not installed."""
+    try:
+        import duckdb
+    except ImportError:
+        return None
+    return duckdb.sql(sql).fetchall()
+
+
+def summary(partition: str, landing: Path, storage: Storage, log_path: Path, run_id) -> list[str]:
+    """What the demo prints after a successful run: the partition, the tables, a query and rows.
+
+    Args:
+        partition: The partition key it materialized.
+        landing: The partition's landing folder.
+        storage: The storage root the tables are under.
+        log_path: The file holding the run's full output.
+        run_id: The run's id (from its log), or None.
+
+    Returns:
+        The lines to print.
+    """
+    files = pq.read_table(storage.table_dir("audio_files", partition)).to_pylist()
+    counts = Counter(row["status"] for row in files)
+    statuses = ", ".join(f"{counts[status]} {status}" for status in sorted(counts))
+    tables = storage.path("tables")
+    sql = duckdb_query(tables, partition)
+    lines = [
+        f"Partition {partition}: {len(files)} files landed in {landing} ({statuses}).",
+        f"Tables: {tables} (audio_files, transcripts, transcript_segments, transcript_words)",
+        f"Run {run_id or '(id not found)'} succeeded; its full log: {log_path}",
+        f"  (and in the UI: DAGSTER_HOME={log_path.parent} dagster dev, then Runs)",
+        "",
+        f"Query partition {partition} with DuckDB (duckdb.sql(...) in Python):",
+        sql,
+        "",
+    ]
+    rows = query_result(sql)
+    if rows is None:
+        lines.append("(pip install duckdb to run it here)")
+        return lines
+    lines.append(f"{len(rows)} rows: relative_path, status, then the text or the error")
+    for relative_path, status, error, text in rows:
+        lines.append(f"  {relative_path:<24} {status:<9} {text or error or ''}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Stage sample audio, materialize the partition, print the tables; returns the exit code."""
+    """Stage sample audio, materialize the partition, print a summary; returns the exit code.
+
+    The Dagster CLI's output (its full event log) goes to ``$DAGSTER_HOME/demo-<partition>.log``;
+    when the run fails the demo prints that log's last lines and returns the CLI's exit code.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     yesterday = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
     parser.add_argument("--partition", default=yesterday, help="landing date (default: yesterday)")
@@ -110,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
 
     storage = Storage(root)
     landing = Path(storage.raw_dir(args.partition))
@@ -120,23 +186,23 @@ def main(argv: list[str] | None = None) -> int:
         write_sample_speech(landing)
 
     env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=root)
-    command = materialize_command(args.partition)
-    completed = subprocess.run(command, env=env, check=False)
+    log_path = home / f"demo-{args.partition}.log"
+    sys.stdout.write(f"Materializing partition {args.partition} (log: {log_path})...\n")
+    sys.stdout.flush()
+    with open(log_path, "w") as log:
+        command = materialize_command(args.partition)
+        completed = subprocess.run(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+        )
+    log_text = log_path.read_text(errors="replace")
     if completed.returncode != 0:
+        tail = log_text.splitlines()[-LOG_TAIL_LINES:]
+        sys.stderr.write(
+            f"The run of partition {args.partition} failed (exit {completed.returncode}). "
+            f"The last {len(tail)} lines of its log, {log_path}:\n" + "\n".join(tail) + "\n"
+        )
         return completed.returncode
-
-    files = pq.read_table(storage.table_dir("audio_files", args.partition)).to_pylist()
-    transcripts = {
-        row["file_id"]: row["text"]
-        for row in pq.read_table(storage.table_dir("transcripts", args.partition)).to_pylist()
-    }
-    lines = [f"\nPartition {args.partition}: {len(files)} files under {landing}"]
-    for row in files:
-        detail = transcripts.get(row["file_id"], "") or row["error"]
-        lines.append(f"  {row['status']:<9} {row['relative_path']:<24} {detail}")
-    lines.append(f"Tables: {storage.path('tables')}")
-    lines.append(f"\nQuery partition {args.partition} with DuckDB (duckdb CLI or duckdb.sql):")
-    lines.append(duckdb_query(storage.path("tables"), args.partition))
+    lines = summary(args.partition, landing, storage, log_path, run_id_in(log_text))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

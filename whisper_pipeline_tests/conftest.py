@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline_tests.postgres import postgres_server  # noqa: F401
+from whisper_pipeline_tests.readme import readme_checkout  # noqa: F401
 from whisper_pipeline_tests.redis import redis_server  # noqa: F401
 from whisper_pipeline_tests.s3 import s3_server  # noqa: F401
 
@@ -54,7 +56,7 @@ def model():
 def dagster_home(tmp_path: Path) -> Path:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
     return home
 
 

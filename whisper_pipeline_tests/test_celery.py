@@ -27,6 +27,7 @@ from whisper_pipeline.celery_app import (
     running_worker,
 )
 from whisper_pipeline.commands import materialize_command
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.metrics import step_intervals
 from whisper_pipeline.placement import CPU_QUEUE, GPU_POOL, GPU_QUEUE
 from whisper_pipeline.profiles import CELERY, PROFILE_ENV
@@ -84,7 +85,7 @@ def landed(tmp: Path, corpus: Path) -> tuple[Path, Path]:
     landing = root / "raw" / PARTITION
     landing.mkdir(parents=True)
     home.mkdir()
-    shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
     for clip in CLIPS:
         shutil.copy(corpus / clip, landing / Path(clip).name)
     return root, home

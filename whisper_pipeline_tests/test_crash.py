@@ -12,6 +12,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus
 
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.placement import GPU_POOL
 from whisper_pipeline.sensors import fail_dead_runs
 from whisper_pipeline_tests.conftest import (
@@ -41,7 +42,7 @@ def wait_for(condition, process: subprocess.Popen, timeout: float, what: str) ->
 def home(tmp_path) -> Path:
     home = tmp_path / "home"
     home.mkdir()
-    config = yaml.safe_load((REPOSITORY / "dagster.yaml").read_text())
+    config = yaml.safe_load(BASE_INSTANCE.read_text())
     # Shorter than production's 30 s so the test does not sleep for long.
     config["run_monitoring"]["free_slots_after_run_end_seconds"] = 1
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))

@@ -4,10 +4,10 @@ import dagster as dg
 import yaml
 
 from whisper_pipeline.definitions import EXECUTOR_CONFIG, defs, executor
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.placement import ACCELERATOR_TAG_KEY, GPU_POOL
 from whisper_pipeline.resources import StorageResource
 from whisper_pipeline.schedules import nightly_transcription_schedule
-from whisper_pipeline_tests.conftest import REPOSITORY
 
 
 def test_definitions_load_and_resolve():
@@ -42,7 +42,7 @@ def test_executor_limits_the_gpu_tag_to_one_step():
 
 
 def test_dagster_yaml_limits_pools_to_one_and_frees_crashed_slots():
-    config = yaml.safe_load((REPOSITORY / "dagster.yaml").read_text())
+    config = yaml.safe_load(BASE_INSTANCE.read_text())
     assert config["concurrency"]["pools"]["default_limit"] == 1
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0

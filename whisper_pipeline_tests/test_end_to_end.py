@@ -7,8 +7,8 @@ import duckdb
 import pytest
 
 from whisper_pipeline.evaluation import english_wer
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline_tests.conftest import (
-    REPOSITORY,
     SHARDED,
     corpus_rows,
     materialize_cli,
@@ -29,7 +29,7 @@ telephone and spelled-digit references. The bound is the measurement plus one po
 def corpus_run(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPOSITORY / "dagster.yaml", home)
+    shutil.copy(BASE_INSTANCE, home)
     landing = root / "raw" / PARTITION
     for folder in ("short", "long", "formats"):
         shutil.copytree(corpus / folder, landing / folder)

@@ -1,4 +1,4 @@
-"""``deploy/dagster.postgres.yaml`` is ``dagster.yaml`` plus PostgreSQL storage, and up to date."""
+"""``deploy/dagster.postgres.yaml`` is ``deploy/dagster.yaml`` plus PostgreSQL storage, current."""
 
 import shutil
 

@@ -31,6 +31,7 @@ from dagster_k8s import k8s_job_executor
 from kubernetes.utils import parse_quantity
 
 from whisper_pipeline.definitions import EXECUTOR_CONFIG, build_executor, defs
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.k8s import (
     K8S_EXECUTOR_CONFIG,
     PREVIEW_RUN_ID,
@@ -481,7 +482,7 @@ def test_helm_instance_settings_match_dagster_yaml_and_load(tmp_path, values):
     as any ``queuedRunCoordinator`` field has a value; Dagster rejects that beside
     ``concurrency``, so the values must leave all of them empty.
     """
-    base = yaml.safe_load((REPOSITORY / "dagster.yaml").read_text())
+    base = yaml.safe_load(BASE_INSTANCE.read_text())
     daemon = values["dagsterDaemon"]
     assert daemon["runCoordinator"]["enabled"] is True
     assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from whisper_pipeline.evaluation import english_wer
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline_tests.conftest import (
-    REPOSITORY,
     materialize_cli,
     plan_config,
     planned_and_cached,
@@ -40,7 +40,7 @@ def by_path(root: Path) -> dict[str, dict]:
 def awkward_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     home = tmp_path_factory.mktemp("home")
-    shutil.copy(REPOSITORY / "dagster.yaml", home)
+    shutil.copy(BASE_INSTANCE, home)
     expected = build_landing(root / "raw" / PARTITION)
     first = materialize_cli(root, home, PARTITION)
     assert first.returncode == 0, first.stderr[-5000:]

@@ -32,6 +32,7 @@ from whisper_pipeline.commands import materialize_command
 from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.core.storage import PARTITION_FILE, Storage
 from whisper_pipeline.evaluation import english_wer
+from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,
     corpus_rows,
@@ -88,7 +89,7 @@ def landed_objects(corpus: Path) -> dict[str, bytes]:
 
 def new_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("dagster_home")
-    (home / "dagster.yaml").write_bytes((REPOSITORY / "dagster.yaml").read_bytes())
+    (home / "dagster.yaml").write_bytes(BASE_INSTANCE.read_bytes())
     return home
 
 
