@@ -144,19 +144,56 @@ def moved_words(packed_texts, alone_texts, neighbours) -> list[dict]:
     return rows
 
 
-def order_search(model, chunks, names, alone_texts, orders: int) -> tuple[list[dict], int]:
-    """Packed transcription of ``chunks`` in ``orders`` random orders; moved words per order."""
-    found, total = [], 0
+def per_file(inputs, packed_texts, alone_texts) -> list[dict]:
+    """Every scored file's WER packed and unpacked, and the reference words each run lost.
+
+    *lost* is a reference word the unpacked transcript has and the packed one lacks; *gained* is
+    the reverse (a reference word only packing found).
+    """
+    from whisper_pipeline.evaluation import english_wer
+
+    rows = []
+    for item in inputs:
+        if not item.scored:
+            continue
+        reference = words(item.reference)
+        packed, alone = words(packed_texts[item.name]), words(alone_texts[item.name])
+        rows.append(
+            {
+                "file": item.name,
+                "wer_packed": english_wer([item.reference], [packed_texts[item.name]]),
+                "wer_unpacked": english_wer([item.reference], [alone_texts[item.name]]),
+                "lost": sorted(((alone & reference) - packed).elements()),
+                "gained": sorted(((packed & reference) - alone).elements()),
+                "packed": packed_texts[item.name],
+                "unpacked": alone_texts[item.name],
+            }
+        )
+    return rows
+
+
+def order_search(
+    model, chunks, names, alone_texts, orders: int, inputs=None
+) -> tuple[list[dict], int, list[float]]:
+    """Packed transcription of ``chunks`` in ``orders`` random orders.
+
+    Returns:
+        ``(moved rows, moved words in all, WER of each order)`` (WERs only with ``inputs``).
+    """
+    found, total, wers = [], 0, []
     for seed in range(1, orders + 1):
         shuffled = list(chunks)
         random.Random(seed).shuffle(shuffled)
         waves = [shuffled[i : i + WAVE_CHUNKS] for i in range(0, len(shuffled), WAVE_CHUNKS)]
         transcriber = RecordingTranscriber(model, DecodingOptions(pack_windows=True))
         results = [r for done in transcriber.transcribe_waves(iter(waves)) for r in done]
-        rows = moved_words(file_texts(results, names), alone_texts, transcriber.neighbours)
+        texts = file_texts(results, names)
+        rows = moved_words(texts, alone_texts, transcriber.neighbours)
         total += sum(len(row["moved"]) for row in rows)
         found += [dict(row, seed=seed) for row in rows]
-    return found, total
+        if inputs is not None:
+            wers.append(corpus_wer(inputs, texts))
+    return found, total, wers
 
 
 def main() -> None:
@@ -169,7 +206,7 @@ def main() -> None:
     args = parser.parse_args()
     config = ModelConfig(str(bundled_model_path()), False, "cpu", "int8", 0, 0, 5, 8)
     model = load_pipeline_model(config)
-    table, details = [], {}
+    table, summary, details = [], [], {}
     for input_set in args.inputs.split(","):
         inputs = load_input_set(input_set, None, args.short_clips, args.out)
         chunks, _ = prepare_chunks(inputs, model.feature_extractor)
@@ -187,8 +224,20 @@ def main() -> None:
         (packed_texts, packed_s, packer), (alone_texts, alone_s, _) = runs[True], runs[False]
         rows, foreign, lost = compare(inputs, packed_texts, alone_texts, packer.neighbours)
         details[input_set] = rows
-        moved, moved_total = order_search(model, chunks, names, alone_texts, args.orders)
+        moved, moved_total, order_wers = order_search(
+            model, chunks, names, alone_texts, args.orders, inputs
+        )
         details[f"{input_set} orders"] = moved
+        files = per_file(inputs, packed_texts, alone_texts)
+        details[f"{input_set} per file"] = files
+        worse = [f for f in files if f["wer_packed"] > f["wer_unpacked"]]
+        better = [f for f in files if f["wer_packed"] < f["wer_unpacked"]]
+        summary.append(
+            f"| {input_set} | {len(files)} | {len(worse)} | {len(better)} | "
+            f"{sum(len(f['lost']) for f in files)} | {sum(len(f['gained']) for f in files)} | "
+            + ", ".join(f"{100 * w:.1f}%" for w in order_wers)
+            + " |"
+        )
         table.append(
             f"| {input_set} | {len(inputs)} | {len(packer.neighbours)} | {foreign} | {lost} | "
             f"{moved_total} in {args.orders} | "
@@ -203,6 +252,11 @@ def main() -> None:
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     )
     print("\n".join(table))
+    print(
+        "\n| input set | scored files | worse packed | better packed | reference words lost "
+        "| reference words gained | WER packed, each order |\n|---|--:|--:|--:|--:|--:|---|"
+    )
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ a selection of the tables without their manifest.
 The test double transcriber (``doubles.py``); the daemon and UI themselves are in ``test_ui.py``.
 """
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -69,3 +70,14 @@ def test_the_tables_without_their_manifest_fail_at_once_naming_it(corpus, tmp_pa
     assert "audio_manifest has not been materialized for partition 2026-11-19" in message
     assert "transcribe_partition" in message
     assert read_tables(tmp_path, PARTITION)["transcripts"] is None
+
+
+def test_an_instance_without_the_pool_limit_is_warned_about_in_the_run_log(corpus, tmp_path):
+    land(corpus, tmp_path)
+    # An instance without deploy/dagster.yaml: no gpu pool limit.
+    (tmp_path / "home").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "home")) as bare:
+        result = run(tmp_path, partition_key=PARTITION, instance=bare)
+        assert result.success
+        logs = [e.message for e in bare.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any("sets no limit on pool 'gpu'" in message for message in logs)

@@ -260,6 +260,24 @@ def wave_frames(whisper: WhisperModelResource) -> int:
     return WAVE_BATCHES * max(1, whisper.batch_size) * N_FRAMES
 
 
+def warn_unlimited_pool(context: dg.OpExecutionContext) -> None:
+    """Warn in the run log when the instance sets no limit on the ``gpu`` pool.
+
+    That is an instance without ``deploy/dagster.yaml`` (``DAGSTER_HOME`` unset under
+    ``dagster dev``, or a home it was never copied to): transcription steps of several runs
+    then load models on one accelerator at once.
+    """
+    storage = context.instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    if storage.get_concurrency_info(GPU_POOL).limit is None:
+        context.log.warning(
+            "the instance sets no limit on pool %r: runs may transcribe at once on one"
+            " accelerator; copy deploy/dagster.yaml to $DAGSTER_HOME/dagster.yaml",
+            GPU_POOL,
+        )
+
+
 @dg.op(
     retry_policy=STORAGE_RETRY,
     pool=GPU_POOL,
@@ -278,6 +296,7 @@ def transcribe_shard(
     CPU steps prepare later shards. Each content's result goes to the result cache, or, when it
     failed, to the run's staging folder (so the next run tries it again).
     """
+    warn_unlimited_pool(context)
     store = storage.get()
     frames = {
         (r["content_sha256"], r["chunk_index"]): r["n_frames"]
