@@ -192,11 +192,11 @@ def test_existing_empty_landing_folder_publishes_empty_tables(published):
 
 FAILURE_POINTS = [
     pytest.param(0, False, id="before-the-first-write"),
-    pytest.param(1, False, id="after-the-bridge"),
-    pytest.param(2, False, id="after-audio_files"),
-    pytest.param(3, False, id="after-transcripts"),
+    pytest.param(1, False, id="after-one-write"),
+    pytest.param(2, False, id="after-two-writes"),
+    pytest.param(3, False, id="after-three-writes"),
     # A plain OSError goes through the step's RetryPolicy (2 + 4 + 8 s of back-off).
-    pytest.param(1, True, id="after-the-bridge-with-retries", marks=pytest.mark.slow),
+    pytest.param(1, True, id="after-one-write-with-retries", marks=pytest.mark.slow),
 ]
 
 
@@ -295,6 +295,40 @@ def test_tables_failing_a_blocking_check_are_not_published(published, monkeypatc
     assert repaired.success, step_failures(repaired)
     assert all(e.passed for e in repaired.get_asset_check_evaluations() if e.blocking)
     assert len(read_tables(published, PARTITION)["transcripts"]) == 3
+
+
+WRITE_ORDERS = [
+    # A re-run: the published transcripts already cover every file.
+    pytest.param([], [], ["audio_files", "transcripts"], id="same-files"),
+    pytest.param([CLIPS[0]], [], ["audio_files", "transcripts"], id="one-deleted"),
+    # A late upload: the new transcripts go first.
+    pytest.param([], ["short/lj001_0003.wav"], ["transcripts", "audio_files"], id="one-added"),
+    # Both: a bridge (new rows and the deleted file's) goes before both.
+    pytest.param([CLIPS[0]], ["short/lj001_0003.wav"],
+                 ["transcripts", "audio_files", "transcripts"], id="one-deleted-one-added"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("deleted", "added", "order"), WRITE_ORDERS)
+def test_transcripts_are_written_twice_only_when_files_are_added_and_deleted(
+    published, corpus, monkeypatch, deleted, added, order
+):
+    for clip in deleted:
+        (published / "raw" / PARTITION / Path(clip).name).unlink()
+    land(corpus, published, added)
+    replace = Storage.replace_partition
+    writes = []
+
+    def recording_replace(self, table, partition_key, data, area="tables"):
+        if area == "tables":
+            writes.append(table)
+        return replace(self, table, partition_key, data, area)
+
+    monkeypatch.setattr(Storage, "replace_partition", recording_replace)
+    result = materialize(published, PARTITION)
+    assert result.success, step_failures(result)
+    assert writes == [*order, "transcript_segments", "transcript_words"]
+    assert_consistent(read_tables(published, PARTITION))
 
 
 def test_bridge_is_needed_without_it(published, corpus):

@@ -21,10 +21,10 @@ from whisper_pipeline.core.preprocess import changed_content, preprocess_file
 from whisper_pipeline.core.progress import Progress
 from whisper_pipeline.core.results import (
     assemble,
-    bridge_transcripts,
     build_tables,
     keep_published,
     model_failures,
+    publishing_plan,
 )
 from whisper_pipeline.core.schema import (
     STATUS_FAILED,
@@ -371,27 +371,33 @@ def transcribe_shard(
     )
 
 
-def publish_bridge(context: dg.OpExecutionContext, store: Storage, transcripts: pa.Table) -> None:
-    """Publish ``core.results.bridge_transcripts`` before the IO manager replaces the tables.
+def plan_publishing(
+    context: dg.OpExecutionContext, store: Storage, files: pa.Table, transcripts: pa.Table
+) -> bool:
+    """Publish the bridge of ``core.results.publishing_plan`` if it has one; its table order.
 
-    ``write_tables`` then yields ``audio_files``, ``transcripts`` and ``transcript_segments`` in
-    that order, so a reader never sees a transcribed file without its transcript, whichever
-    write fails (a first publish and a late upload included); the next run publishes the exact
-    tables.
+    Returns:
+        Whether ``write_tables`` yields ``transcripts`` before ``audio_files``; the IO manager
+        replaces each table as it is yielded.
     """
     key = context.partition_key
     try:
         old_files = store.read_partition("audio_files", key)
+    except FileNotFoundError:
+        old_files = None
+    try:
         old_transcripts = store.read_partition("transcripts", key)
     except FileNotFoundError:
-        old_files = old_transcripts = None
+        old_transcripts = None
     try:
-        bridge = bridge_transcripts(old_files, old_transcripts, transcripts)
+        plan = publishing_plan(old_files, old_transcripts, files, transcripts)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         # Tables of an older schema (columns are only ever added): nothing safe to carry over.
         context.log.warning("published transcripts not carried over (%s)", error)
-        bridge = transcripts
-    store.replace_partition("transcripts", key, bridge)
+        return True
+    if plan.bridge is not None:
+        store.replace_partition("transcripts", key, plan.bridge)
+    return plan.transcripts_first
 
 
 def read_published(store: Storage, key: str) -> dict[str, pa.Table | None]:
@@ -489,8 +495,10 @@ def write_tables(
             f"blocking asset checks failed: {names}; the partition's tables were left as they were",
             allow_retries=False,
         )
-    publish_bridge(context, store, transcripts)
-    yield dg.Output(files, "audio_files", metadata=audio_files_metadata(files, transcripts))
+    transcripts_first = plan_publishing(context, store, files, transcripts)
+    files_out = dg.Output(files, "audio_files", metadata=audio_files_metadata(files, transcripts))
+    if not transcripts_first:
+        yield files_out
     intervals = step_intervals(context.instance, context.run_id, transcribe_shard.name)
     run_started = context.instance.get_run_stats(context.run_id).start_time
     metadata = {
@@ -502,6 +510,8 @@ def write_tables(
         "preview": dg.MetadataValue.md(preview_markdown(transcripts)),
     }
     yield dg.Output(transcripts, "transcripts", metadata=metadata)
+    if transcripts_first:
+        yield files_out
     yield dg.Output(segments, "transcript_segments", metadata={"files": transcripts.num_rows})
     yield dg.Output(words, "transcript_words", metadata={"files": transcripts.num_rows})
     yield from checks

@@ -317,47 +317,80 @@ def model_failures(files: pa.Table) -> tuple[int, list[str]]:
     return reached, errors
 
 
-def bridge_transcripts(
-    old_files: pa.Table | None, old_transcripts: pa.Table | None, new_transcripts: pa.Table
-) -> pa.Table:
-    """The ``transcripts`` to publish first, so a reader never sees a file without its transcript.
+def transcribed_ids(files: pa.Table | None) -> set[str]:
+    """The ``file_id`` of every file that ``files`` (an ``audio_files`` table) lists as transcribed.
 
-    A partition's tables are separate files, replaced one after another. Readers must never see
-    a file ``ok`` or ``no_speech`` in ``audio_files`` without its ``transcripts`` row, whichever
-    write fails. Publishing ``bridge`` (the new rows plus the old rows of files that the old
-    ``audio_files`` lists as transcribed and the new transcripts lack), then ``audio_files``,
-    then the new ``transcripts`` keeps that true after every write: the old ``audio_files``
-    with the bridge, the new ``audio_files`` with the bridge, then the new tables. The bridge
-    is published on every run, the first included: a late upload adds a file that the old
-    transcripts lack just as a first publish does.
+    A transcribed file is one whose ``status`` is not ``failed`` (``ok`` or ``no_speech``): it
+    must have a ``transcripts`` row. ``None`` (a partition never published) has none.
+    """
+    if files is None:
+        return set()
+    return {
+        file_id
+        for file_id, status in zip(
+            files.column("file_id").to_pylist(), files.column("status").to_pylist(), strict=True
+        )
+        if status != STATUS_FAILED
+    }
+
+
+def row_ids(transcripts: pa.Table | None) -> set[str]:
+    """The ``file_id`` of every row of a ``transcripts`` table; none for ``None``."""
+    return set() if transcripts is None else set(transcripts.column("file_id").to_pylist())
+
+
+@dataclass(frozen=True)
+class PublishingPlan:
+    """How ``write_tables`` replaces ``audio_files`` and ``transcripts``, one file after the other.
+
+    A partition's tables are separate files, replaced one after another, and any write can fail.
+    Readers must never see a file ``ok`` or ``no_speech`` in ``audio_files`` without its
+    ``transcripts`` row. ``audio_files`` goes first when the published transcripts already have
+    a row for every file the new ``audio_files`` transcribes (a re-run, a deleted file);
+    ``transcripts`` goes first when the new transcripts have a row for every file the published
+    ``audio_files`` transcribes (a first publish, a late upload). Only when files are both added
+    and deleted is a ``bridge`` published before both (the new rows plus the published rows of
+    the deleted files), so ``transcripts`` is written twice on that run alone.
+
+    Attributes:
+        bridge: The ``transcripts`` to publish before both tables, or ``None``.
+        transcripts_first: Publish ``transcripts`` before ``audio_files``.
+    """
+
+    bridge: pa.Table | None
+    transcripts_first: bool
+
+
+def publishing_plan(
+    old_files: pa.Table | None,
+    old_transcripts: pa.Table | None,
+    new_files: pa.Table,
+    new_transcripts: pa.Table,
+) -> PublishingPlan:
+    """The order that keeps every file transcribed in ``audio_files`` with its transcript.
 
     Args:
         old_files: The published ``audio_files`` partition, or ``None`` if there is none.
         old_transcripts: The published ``transcripts`` partition, or ``None``.
-        new_transcripts: The ``transcripts`` about to be published.
+        new_files: The ``audio_files`` about to be published.
+        new_transcripts: The ``transcripts`` about to be published, in the new schema.
 
     Returns:
-        The bridge table in the new schema: ``new_transcripts`` itself when no old transcribed
-        file is missing from it.
+        The ``PublishingPlan``; its bridge, when there is one, is in the new schema.
+
+    Raises:
+        pyarrow.ArrowInvalid: The published transcripts' rows do not fit the new schema.
     """
-    if old_files is None or old_transcripts is None:
-        return new_transcripts
-    transcribed = {
-        file_id
-        for file_id, status in zip(
-            old_files.column("file_id").to_pylist(),
-            old_files.column("status").to_pylist(),
-            strict=True,
-        )
-        if status != STATUS_FAILED
-    }
-    missing = transcribed - set(new_transcripts.column("file_id").to_pylist())
-    if not missing:
-        return new_transcripts
-    keep = [row for row in old_transcripts.to_pylist() if row["file_id"] in missing]
+    if transcribed_ids(new_files) <= row_ids(old_transcripts):
+        return PublishingPlan(None, transcripts_first=False)
+    deleted = transcribed_ids(old_files) - row_ids(new_transcripts)
+    if not deleted or old_transcripts is None:
+        return PublishingPlan(None, transcripts_first=True)
+    keep = [row for row in old_transcripts.to_pylist() if row["file_id"] in deleted]
     names = new_transcripts.schema.names
     rows = [{name: row.get(name) for name in names} for row in keep]
-    return pa.concat_tables([new_transcripts, pa.Table.from_pylist(rows, new_transcripts.schema)])
+    bridge = pa.concat_tables([new_transcripts, pa.Table.from_pylist(rows, new_transcripts.schema)])
+    return PublishingPlan(bridge, transcripts_first=False)
 
 
 @dataclass(frozen=True)
