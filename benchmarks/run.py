@@ -32,7 +32,8 @@ another model directory), device and compute type, and beam size 5:
    leaves as it is (by default it gives its step processes ``glibc.malloc.hugetlb=1``,
    ``core.memory.hugepage_malloc_tunables``).
 
-Methods 3 and 4 run with the pipeline's defaults (word timestamps on, window packing on).
+Methods 3 and 4 run with word timestamps on and window packing on (packing is off by default
+since it lost words on real short clips); 5 and 6 are the pipeline's defaults.
 The in-process methods (1-3, 5) run in the environment they are given, as a user's own process
 would: glibc's default small pages, unless ``--malloc-hugepages`` starts every worker with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which puts the baselines on the same footing.

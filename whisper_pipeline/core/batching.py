@@ -132,8 +132,10 @@ class DecodingOptions:
             another in shared 30 s windows (``core.packing``) when the language is known
             (given, or an English-only model): Whisper's encoder costs a full 30 s window
             whatever the chunk's length. Packing stops by itself where it does not pay
-            (``PACK_STOP_OUT_FRACTION``). On by default: the core ran 120 short clips 2.4x
-            faster with a lower WER, and the corpus no slower (``benchmarks/RESULTS.md``).
+            (``PACK_STOP_OUT_FRACTION``). Off by default: on the corpus's real short clips it
+            lost reference words that unpacked decoding kept, and one file's words can prime
+            its window neighbours' decoding; a throughput option with that risk
+            (``benchmarks/RESULTS.md``).
     """
 
     beam_size: int = 5
@@ -149,7 +151,7 @@ class DecodingOptions:
     fallback_batch_size: int | None = None
     max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
     word_timestamps: bool = True
-    pack_windows: bool = True
+    pack_windows: bool = False
 
     def cache_key_fields(self) -> dict:
         """The options that change the text (batch sizes do not), for result-cache keys."""

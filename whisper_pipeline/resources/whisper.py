@@ -62,8 +62,9 @@ class WhisperModelResource(dg.ConfigurableResource):
         pack_windows: Decode chunks shorter than 10 s from many files in shared 30 s windows
             when the language is known (configured, or an English-only model), text attributed
             back by word timings (``core.packing``); a step stops packing when most packed
-            chunks come back out (``core.batching.PACK_STOP_OUT_FRACTION``). On by default
-            (``DecodingOptions.pack_windows``).
+            chunks come back out (``core.batching.PACK_STOP_OUT_FRACTION``). Off by default
+            (``DecodingOptions.pack_windows``): a throughput option whose risk is context
+            from other files in the same window.
     """
 
     model: str = ""
