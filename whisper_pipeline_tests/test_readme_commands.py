@@ -32,6 +32,8 @@ COMMANDS = {
     "python -m whisper_pipeline.demo --audio": "readme_checkout (slow), verbatim",
     "export DAGSTER_HOME=": "before each block below that needs it (slow), verbatim",
     "dagster dev": "test_dagster_dev_serves_without_an_instance_warning (slow), verbatim",
+    "pkill -f": "test_dagster_dev_stops_on_ctrl_c_and_the_readme_stops_a_killed_one (slow),"
+    " verbatim",
     "dagster asset materialize": "test_cli_materialize_recipe (slow), verbatim",
     "dagster-daemon run": "test_cli_backfill_recipe (slow), verbatim, as its daemon",
     "dagster job backfill": "test_cli_backfill_recipe (slow), verbatim",
@@ -170,3 +172,91 @@ def test_dagster_dev_serves_without_an_instance_warning(readme_checkout, tmp_pat
     # What dagster dev warned while the instance template was ./dagster.yaml.
     assert "will not be used to configure Dagster" not in log
     assert (readme_checkout.cwd / ".dagster_home" / "dagster.yaml").exists()
+
+
+DEV_STOP_BOUND_S = 20
+"""Ctrl-C to the end of ``dagster dev``, its webserver and its daemon."""
+CODE_SERVER_STOP_BOUND_S = 90
+"""Ctrl-C to the end of its code server, which waits out its 45 s heartbeat timeout."""
+
+
+def group_processes(pgid: int) -> dict[int, str]:
+    """Live processes of process group ``pgid``, pid to command line (zombies left out)."""
+    listing = subprocess.run(
+        ["ps", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True
+    )
+    found = {}
+    for line in listing.stdout.splitlines():
+        pid, stat, args = line.split(None, 2)
+        if not stat.startswith("Z"):
+            found[int(pid)] = args
+    return found
+
+
+def serving_dev(readme_checkout, log_path) -> subprocess.Popen:
+    """The README's variables and ``dagster dev`` blocks, once the webserver serves."""
+    port = free_port()
+    env = dict(readme_checkout.env, DAGSTER_CLI_DEV_HOST="127.0.0.1")
+    env["DAGSTER_CLI_DEV_PORT"] = str(port)
+    dev = started(block("export DAGSTER_HOME=") + block("dagster dev"), readme_checkout, log_path,
+                  env=env)  # fmt: skip
+    deadline = time.monotonic() + UI_START_TIMEOUT_S
+    while "Serving dagster-webserver" not in log_path.read_text():
+        assert dev.poll() is None, log_path.read_text()[-5000:]
+        assert time.monotonic() < deadline, log_path.read_text()[-5000:]
+        time.sleep(1)
+    return dev
+
+
+def wait_until(condition, bound_s: float, message) -> float:
+    started_at = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started_at < bound_s, message()
+        time.sleep(0.5)
+    return time.monotonic() - started_at
+
+
+@pytest.mark.slow
+def test_dagster_dev_stops_on_ctrl_c_and_the_readme_stops_a_killed_one(readme_checkout, tmp_path):
+    # Ctrl-C: the terminal sends SIGINT to the foreground process group.
+    dev = serving_dev(readme_checkout, tmp_path / "dev.log")
+    try:
+        children = group_processes(dev.pid)
+        assert any("dagster_webserver" in args for args in children.values()), children
+        assert any("dagster._daemon" in args for args in children.values()), children
+        os.killpg(dev.pid, signal.SIGINT)
+        dev.wait(timeout=DEV_STOP_BOUND_S)
+        wait_until(
+            lambda: (
+                not any(
+                    "dagster_webserver" in a or "dagster._daemon" in a
+                    for a in group_processes(dev.pid).values()
+                )
+            ),
+            DEV_STOP_BOUND_S,
+            lambda: group_processes(dev.pid),
+        )
+        wait_until(lambda: not group_processes(dev.pid), CODE_SERVER_STOP_BOUND_S,
+                   lambda: group_processes(dev.pid))  # fmt: skip
+    finally:
+        stop(dev)
+
+    # `dagster dev` itself killed: its webserver, daemon and code servers stay, until the
+    # README's command stops them.
+    dev = serving_dev(readme_checkout, tmp_path / "killed.log")
+    try:
+        (dev_pid,) = [
+            pid for pid, args in group_processes(dev.pid).items() if "bin/dagster dev" in args
+        ]
+        os.kill(dev_pid, signal.SIGKILL)
+        dev.wait(timeout=20)
+        time.sleep(3)
+        left = group_processes(dev.pid)
+        assert any("dagster_webserver" in args for args in left.values()), left
+        stopped = shell(readme_checkout, block("pkill -f"), timeout=30)
+        assert stopped.returncode == 0, stopped.stderr
+        wait_until(lambda: not group_processes(dev.pid), DEV_STOP_BOUND_S,
+                   lambda: group_processes(dev.pid))  # fmt: skip
+    finally:
+        if group_processes(dev.pid):
+            os.killpg(dev.pid, signal.SIGKILL)
