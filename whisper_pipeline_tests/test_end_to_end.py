@@ -156,10 +156,10 @@ def test_words_language_and_subtitles_for_every_transcribed_file(corpus_run):
         assert pysubs2.load(str(path)).events, path
 
 
-def test_transcription_steps_report_what_window_packing_did(corpus_run):
-    # Each transcription step says, where users look (the step's output in the UI), which
-    # packed chunks came back out of shared windows and whether packing stopped, and the CPU
-    # its decoding took.
+def test_transcription_steps_report_their_cpu_and_that_packing_is_off(corpus_run):
+    # Each transcription step says, where users look (the step's output in the UI), the CPU
+    # its decoding took and what window packing did: nothing, since it is off by default
+    # (its reports with packing on: test_batching.py).
     import dagster as dg
 
     _, _, home = corpus_run
@@ -176,10 +176,5 @@ def test_transcription_steps_report_what_window_packing_did(corpus_run):
         # The CPU it took: most of it the model's own work, not the kernel's (core.memory).
         assert report["cpu_user_seconds"] > 0 and report["minor_page_faults"] > 0
         assert 0 <= report["cpu_system_seconds"] < 0.5 * report["cpu_user_seconds"], report
-        assert isinstance(report["window_packing_stopped"], bool)
-        out = report["packed_chunks_out"]
-        assert all(isinstance(count, int) and count > 0 for count in out.values()), out
-        if report["window_packing_stopped"]:
-            assert sum(out.values()) >= 8, out  # more than half of 16 packed chunks at least
-    # The corpus's short chunks went through packed windows: some came back out somewhere.
-    assert any(report["packed_chunks_out"] for report in reports), reports
+        assert report["window_packing_stopped"] is False, report
+        assert report["packed_chunks_out"] == {}, report
