@@ -10,7 +10,6 @@ variables block first where they need it, as a user's shell would have it.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -18,6 +17,7 @@ import dagster as dg
 import pytest
 
 from whisper_pipeline_tests.readme import REPOSITORY, code_blocks, run_block
+from whisper_pipeline_tests.s3 import free_port
 
 SETUP = (
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" -c constraints.txt'
@@ -141,12 +141,6 @@ def test_cli_backfill_recipe(readme_checkout, tmp_path):
     assert sorted(run.tags["dagster/partition"] for run in runs) == partitions
     tables = readme_checkout.cwd / "data" / "tables" / "transcripts"
     assert all((tables / f"date={partition}").exists() for partition in partitions)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +25,15 @@ import pytest
 import requests
 
 from whisper_pipeline.commands import DEFINITIONS_MODULE
+from whisper_pipeline.core.schema import TABLE_SCHEMAS
+from whisper_pipeline.definitions import defs
 from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.landing import LOOKBACK_ENV
 from whisper_pipeline.placement import GPU_POOL
 from whisper_pipeline.resources.storage import ROOT_ENV
 from whisper_pipeline.sensors import PID_TAG, process_start_ticks
 from whisper_pipeline_tests.conftest import REPOSITORY
+from whisper_pipeline_tests.s3 import free_port
 from whisper_pipeline_tests.tables import assert_each_file_once
 
 pytestmark = pytest.mark.slow  # dagster dev, the real model, seven runs and a browser
@@ -60,15 +62,9 @@ LOCATION = DEFINITIONS_MODULE  # [tool.dagster] code_location_name and workspace
 REPOSITORY_NAME = "__repository__"
 ASSET_JOB = "__ASSET_JOB"
 """The hidden job of every asset: what the UI launches assets with (``getCommonJob``)."""
-ASSETS = [
-    "audio_manifest",
-    "audio_files",
-    "transcripts",
-    "transcript_segments",
-    "transcript_words",
-    "subtitle_files",
-]
-TABLES = ["audio_files", "transcripts", "transcript_segments", "transcript_words"]
+ASSETS = [key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()]
+"""Every asset: what the UI's select-all header checkbox selects."""
+TABLES = list(TABLE_SCHEMAS)
 """The outputs of the graph asset ``transcript_tables``, which cannot be subset."""
 
 START_BOUND_S = 180
@@ -186,13 +182,6 @@ query Backfill($backfillId: String!) {
   }
 }
 """
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on (at the time of asking)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

@@ -372,31 +372,34 @@ def transcribe_shard(
 
 
 def plan_publishing(
-    context: dg.OpExecutionContext, store: Storage, files: pa.Table, transcripts: pa.Table
+    context: dg.OpExecutionContext,
+    store: Storage,
+    published: dict[str, pa.Table | None],
+    files: pa.Table,
+    transcripts: pa.Table,
 ) -> bool:
     """Publish the bridge of ``core.results.publishing_plan`` if it has one; its table order.
+
+    Args:
+        context: The ``write_tables`` step's context (its partition key, its log).
+        store: Where the partition's tables are published.
+        published: The partition's published tables (``read_published``).
+        files: The ``audio_files`` about to be published.
+        transcripts: The ``transcripts`` about to be published.
 
     Returns:
         Whether ``write_tables`` yields ``transcripts`` before ``audio_files``; the IO manager
         replaces each table as it is yielded.
     """
-    key = context.partition_key
     try:
-        old_files = store.read_partition("audio_files", key)
-    except FileNotFoundError:
-        old_files = None
-    try:
-        old_transcripts = store.read_partition("transcripts", key)
-    except FileNotFoundError:
-        old_transcripts = None
-    try:
+        old_files, old_transcripts = published["audio_files"], published["transcripts"]
         plan = publishing_plan(old_files, old_transcripts, files, transcripts)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         # Tables of an older schema (columns are only ever added): nothing safe to carry over.
         context.log.warning("published transcripts not carried over (%s)", error)
         return True
     if plan.bridge is not None:
-        store.replace_partition("transcripts", key, plan.bridge)
+        store.replace_partition("transcripts", context.partition_key, plan.bridge)
     return plan.transcripts_first
 
 
@@ -475,8 +478,9 @@ def write_tables(
     built = {"audio_files": files, "transcripts": transcripts, "transcript_segments": segments,
              "transcript_words": words}  # fmt: skip
     kept = []
+    published = read_published(store, context.partition_key)
     if config.keep_published_on_failure:
-        built, kept = keep_published(built, read_published(store, context.partition_key))
+        built, kept = keep_published(built, published)
         files, transcripts = built["audio_files"], built["transcripts"]
         segments, words = built["transcript_segments"], built["transcript_words"]
         for file in kept:
@@ -495,7 +499,7 @@ def write_tables(
             f"blocking asset checks failed: {names}; the partition's tables were left as they were",
             allow_retries=False,
         )
-    transcripts_first = plan_publishing(context, store, files, transcripts)
+    transcripts_first = plan_publishing(context, store, published, files, transcripts)
     files_out = dg.Output(files, "audio_files", metadata=audio_files_metadata(files, transcripts))
     if not transcripts_first:
         yield files_out
