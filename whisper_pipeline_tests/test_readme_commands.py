@@ -177,7 +177,7 @@ CODE_SERVER_STOP_BOUND_S = 90
 def group_processes(pgid: int) -> dict[int, str]:
     """Live processes of process group ``pgid``, pid to command line (zombies left out)."""
     listing = subprocess.run(
-        ["ps", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True
+        ["ps", "-ww", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True
     )
     found = {}
     for line in listing.stdout.splitlines():
