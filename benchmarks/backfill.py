@@ -14,7 +14,7 @@ clips: nothing is a cache hit), each on a fresh ``DAGSTER_HOME`` (this repositor
 
 ``BackfillPolicy.single_run()`` (one run for the whole range, ``--partition-range``) is not
 measured: it is not possible with these assets, which read ``context.partition_key`` (a run of a
-partition range has none); see ``whisper_pipeline.landing``'s module docstring.
+partition range has none); see ``whisper_pipeline.defs.landing``'s module docstring.
 
     python benchmarks/backfill.py
 
@@ -29,10 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from whisper_pipeline.commands import backfill_command, materialize_command, running_daemon
-from whisper_pipeline.instance import BASE_INSTANCE
-from whisper_pipeline.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
-from whisper_pipeline.metrics import step_intervals
+from devtools.commands import backfill_command, materialize_command, running_daemon
+from devtools.instance import BASE_INSTANCE
+from whisper_pipeline.defs.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
+from whisper_pipeline.defs.metrics import step_intervals
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PARTITIONS = [f"2026-11-{day:02d}" for day in range(1, 8)]

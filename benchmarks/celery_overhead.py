@@ -45,11 +45,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from whisper_pipeline.celery_app import BROKER_ENV, running_worker
-from whisper_pipeline.commands import materialize_command
-from whisper_pipeline.instance import BASE_INSTANCE
-from whisper_pipeline.placement import CPU_QUEUE, GPU_QUEUE
-from whisper_pipeline.profiles import CELERY, LOCAL, PROFILE_ENV
+from devtools.commands import materialize_command
+from devtools.instance import BASE_INSTANCE
+from whisper_pipeline.execution.celery import BROKER_ENV, running_worker
+from whisper_pipeline.execution.placement import CPU_QUEUE, GPU_QUEUE
+from whisper_pipeline.execution.profiles import CELERY, LOCAL, PROFILE_ENV
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus"))

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from benchmarks.run import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
-from whisper_pipeline.commands import materialize_command
-from whisper_pipeline.instance import BASE_INSTANCE
+from devtools.commands import materialize_command
+from devtools.instance import BASE_INSTANCE
 
 MARKS = ("STEP_WORKER_STARTING", "STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
 

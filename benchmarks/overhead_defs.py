@@ -1,7 +1,8 @@
 """The project's definitions with the multiprocess start method chosen by an environment variable.
 
 Only for ``benchmarks/step_overhead.py``: ``OVERHEAD_START_METHOD`` is ``forkserver`` (the
-project's setting, preloading ``whisper_pipeline.preload``), ``forkserver-no-pyarrow`` (the
+project's setting, preloading ``whisper_pipeline.execution.preload``),
+``forkserver-no-pyarrow`` (the
 same without pandas and ``pyarrow.dataset``: Dagster, the instance's storage and the code
 location, as the project preloaded before 2026-11-26) or ``spawn`` (Dagster's default).
 Everything but the executor's start method is ``whisper_pipeline.definitions.defs`` itself

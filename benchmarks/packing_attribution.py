@@ -72,7 +72,7 @@ def file_texts(results, names) -> dict[str, str]:
 
 def words(text: str) -> Counter:
     """Bag of normalized words."""
-    from whisper_pipeline.evaluation import normalize
+    from devtools.evaluation import normalize
 
     return Counter(normalize(text).split())
 
@@ -150,7 +150,7 @@ def per_file(inputs, packed_texts, alone_texts) -> list[dict]:
     *lost* is a reference word the unpacked transcript has and the packed one lacks; *gained* is
     the reverse (a reference word only packing found).
     """
-    from whisper_pipeline.evaluation import english_wer
+    from devtools.evaluation import english_wer
 
     rows = []
     for item in inputs:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from whisper_pipeline.core.memory import GLIBC_TUNABLES, HUGEPAGE_TUNABLE
-from whisper_pipeline.metrics import cpu_usage
+from whisper_pipeline.defs.metrics import cpu_usage
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 MODES = {"small pages": "0", "huge pages": "1"}

@@ -93,9 +93,9 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from whisper_pipeline.commands import materialize_command
+from devtools.commands import materialize_command
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline.core.memory import GLIBC_TUNABLES, HUGEPAGE_TUNABLE
-from whisper_pipeline.instance import BASE_INSTANCE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPOSITORY / "benchmarks" / "out"
@@ -792,7 +792,7 @@ def corpus_wer(inputs: list[AudioInput], texts: dict[str, str]) -> float | None:
     scored = [item for item in inputs if item.scored]
     if not scored:
         return None
-    from whisper_pipeline.evaluation import english_wer  # jiwer and the normalizer: dev extras
+    from devtools.evaluation import english_wer  # jiwer and the normalizer: dev extras
 
     return english_wer([item.reference for item in scored], [texts[item.name] for item in scored])
 

@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.run import corpus_dir
-from whisper_pipeline.commands import materialize_command
-from whisper_pipeline.instance import BASE_INSTANCE
+from devtools.commands import materialize_command
+from devtools.instance import BASE_INSTANCE
 
 PARTITION = "2026-11-20"
 REPOSITORY = Path(__file__).resolve().parents[1]

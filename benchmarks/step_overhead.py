@@ -19,8 +19,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from whisper_pipeline.commands import materialize_command
-from whisper_pipeline.instance import BASE_INSTANCE
+from devtools.commands import materialize_command
+from devtools.instance import BASE_INSTANCE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PARTITION = "2026-11-20"

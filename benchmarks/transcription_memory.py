@@ -40,7 +40,6 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
     import numpy as np
     import pyarrow as pa
 
-    from whisper_pipeline.assets.transcription import wave_frames
     from whisper_pipeline.core import audio
     from whisper_pipeline.core.chunking import log_mel, split_spooled
     from whisper_pipeline.core.memory import release_free_memory
@@ -51,6 +50,7 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
         chunk_waves,
     )
     from whisper_pipeline.core.storage import Storage
+    from whisper_pipeline.defs.assets.transcription import wave_frames
     from whisper_pipeline.resources.whisper import WhisperModelResource
 
     corpus = Path(

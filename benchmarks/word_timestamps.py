@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 from benchmarks.run import ModelConfig, load_corpus, load_pipeline_model, prepare_chunks
+from devtools.evaluation import word_start_differences
 from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
-from whisper_pipeline.evaluation import word_start_differences
 
 
 def main() -> None:

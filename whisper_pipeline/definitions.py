@@ -1,7 +1,8 @@
 """The code location: every asset (with its checks), job, schedule, resource and the executor.
 
-``WHISPER_PIPELINE_PROFILE`` (``whisper_pipeline.profiles``) picks the executor and the resources'
-settings; the assets, checks, jobs, schedules and sensors are the same in every profile.
+``WHISPER_PIPELINE_PROFILE`` (``whisper_pipeline.execution.profiles``) picks the executor and
+the resources' settings; the assets, checks, jobs, schedules and sensors are the same in every
+profile.
 Importing this module never touches CUDA or loads a model (the forkserver preloads it).
 """
 
@@ -9,17 +10,20 @@ import gc
 
 import dagster as dg
 
-from whisper_pipeline.assets.manifest import audio_manifest
-from whisper_pipeline.assets.subtitles import subtitle_files
-from whisper_pipeline.assets.transcription import transcript_tables
 from whisper_pipeline.core.memory import hugepage_malloc_tunables
-from whisper_pipeline.io_managers import PartitionedParquetIOManager, StagingPickleIOManager
-from whisper_pipeline.landing import landing_zone_sensor
-from whisper_pipeline.placement import ACCELERATOR_TAG_KEY
-from whisper_pipeline.profiles import CELERY, K8S, LOCAL, current_profile
+from whisper_pipeline.defs.assets.manifest import audio_manifest
+from whisper_pipeline.defs.assets.subtitles import subtitle_files
+from whisper_pipeline.defs.assets.transcription import transcript_tables
+from whisper_pipeline.defs.dead_runs import dead_run_sensor
+from whisper_pipeline.defs.landing import landing_zone_sensor
+from whisper_pipeline.defs.schedules import nightly_transcription_schedule, transcribe_partition_job
+from whisper_pipeline.execution.placement import ACCELERATOR_TAG_KEY
+from whisper_pipeline.execution.profiles import CELERY, K8S, LOCAL, current_profile
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
-from whisper_pipeline.schedules import nightly_transcription_schedule, transcribe_partition_job
-from whisper_pipeline.sensors import dead_run_sensor
+from whisper_pipeline.resources.io_managers import (
+    PartitionedParquetIOManager,
+    StagingPickleIOManager,
+)
 
 EXECUTOR_CONFIG = {
     # One transcription step at a time within a run; the pool in dagster.yaml does the same
@@ -28,10 +32,14 @@ EXECUTOR_CONFIG = {
     # Step processes fork from a server that has already imported dagster, the instance's
     # storage and this code location, instead of re-importing them for every step. Dagster's
     # own module is named so that Dagster does not import it ahead of ours, with the garbage
-    # collector running (``whisper_pipeline.preload`` imports it with the collector paused).
+    # collector running (``whisper_pipeline.execution.preload`` imports it with the collector
+    # paused).
     "start_method": {
         "forkserver": {
-            "preload_modules": ["whisper_pipeline.preload", "dagster._core.executor.multiprocess"]
+            "preload_modules": [
+                "whisper_pipeline.execution.preload",
+                "dagster._core.executor.multiprocess",
+            ]
         }
     },
 }
@@ -71,17 +79,17 @@ executor = multiprocess_executor.configured(EXECUTOR_CONFIG)
 
 
 def build_executor(profile: str = LOCAL) -> dg.ExecutorDefinition:
-    """The executor of a profile (``whisper_pipeline.profiles``).
+    """The executor of a profile (``whisper_pipeline.execution.profiles``).
 
     ``local`` and ``production``: the multiprocess ``executor``. ``celery`` and ``k8s`` import
     their optional dependencies (extras ``celery``, ``k8s``) only when selected.
     """
     if profile == CELERY:
-        from whisper_pipeline.celery_app import celery_executor
+        from whisper_pipeline.execution.celery import celery_executor
 
         return celery_executor
     if profile == K8S:
-        from whisper_pipeline.k8s import k8s_executor
+        from whisper_pipeline.execution.k8s import k8s_executor
 
         return k8s_executor
     return executor
@@ -99,7 +107,7 @@ def build_resources(whisper: WhisperModelResource | None = None, profile: str = 
     Args:
         whisper: The transcriber; default the real faster-whisper ``WhisperModelResource``
             (tests pass a test double).
-        profile: A ``whisper_pipeline.profiles`` name.
+        profile: A ``whisper_pipeline.execution.profiles`` name.
 
     Returns:
         Resources by key.

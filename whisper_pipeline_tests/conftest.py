@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_pipeline.commands import materialize_command
-from whisper_pipeline.instance import BASE_INSTANCE
+from devtools.commands import materialize_command
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline_tests.postgres import postgres_server  # noqa: F401
 from whisper_pipeline_tests.readme import readme_checkout  # noqa: F401
 from whisper_pipeline_tests.redis import redis_server  # noqa: F401

@@ -5,10 +5,10 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from whisper_pipeline.assets.manifest import audio_manifest
-from whisper_pipeline.assets.subtitles import subtitle_files
-from whisper_pipeline.assets.transcription import transcript_tables
 from whisper_pipeline.definitions import build_resources
+from whisper_pipeline.defs.assets.manifest import audio_manifest
+from whisper_pipeline.defs.assets.subtitles import subtitle_files
+from whisper_pipeline.defs.assets.transcription import transcript_tables
 from whisper_pipeline_tests.doubles import FakeTranscriberResource
 
 TABLES = ("audio_files", "transcripts", "transcript_segments", "transcript_words")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_pipeline.instance import POSTGRES_ENV
+from devtools.instance import POSTGRES_ENV
 
 USER = "dagster"
 PASSWORD = "dagster-test-only"

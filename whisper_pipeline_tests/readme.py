@@ -3,7 +3,7 @@
 ``readme_checkout`` (session-scoped, slow: the demo runs the real model through the CLI) is a
 temporary folder laid out as the README's commands expect to run in (``deploy/dagster.yaml``,
 ``workspace.yaml``, ``pyproject.toml``), in which the README's two demo commands ran verbatim:
-``python -m whisper_pipeline.demo`` (yesterday's partition, synthesized speech) and the
+``python -m devtools.demo`` (yesterday's partition, synthesized speech) and the
 ``--audio recordings --partition 2026-11-20`` one on a copy of that speech. Its ``data/`` then
 holds two partitions of the demo's own data, which the README's queries are run against.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_pipeline.instance import BASE_INSTANCE
+from devtools.instance import BASE_INSTANCE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 README = REPOSITORY / "README.md"
@@ -75,7 +75,7 @@ def demo_commands() -> tuple[str, str]:
     """The demo of the README's set-up line (after its venv and pip steps), and its --audio one."""
     setup = code_blocks("bash")[0].splitlines()[0]
     demo = setup.rsplit(" && ", 1)[1]
-    (audio,) = [block for block in code_blocks("bash") if "whisper_pipeline.demo --audio" in block]
+    (audio,) = [block for block in code_blocks("bash") if "devtools.demo --audio" in block]
     return demo, audio
 
 
@@ -86,9 +86,10 @@ def readme_checkout(tmp_path_factory) -> Checkout:
     shutil.copy(BASE_INSTANCE, cwd / "deploy" / "dagster.yaml")
     for name in ("workspace.yaml", "pyproject.toml"):
         shutil.copy(REPOSITORY / name, cwd / name)
+    shutil.copytree(REPOSITORY / "devtools", cwd / "devtools")  # the demo is a checkout's tool
     env = readme_env()
     demo, audio = demo_commands()
-    assert demo == "python -m whisper_pipeline.demo"
+    assert demo == "python -m devtools.demo"
     first = run_block(demo, cwd, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     partition = re.search(r"^Partition (\d{4}-\d\d-\d\d):", first.stdout, re.MULTILINE).group(1)

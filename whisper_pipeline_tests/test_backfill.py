@@ -17,10 +17,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from whisper_pipeline.commands import backfill_command, running_daemon
-from whisper_pipeline.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
-from whisper_pipeline.metrics import step_intervals
-from whisper_pipeline.placement import GPU_POOL
+from devtools.commands import backfill_command, running_daemon
+from whisper_pipeline.defs.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
+from whisper_pipeline.defs.metrics import step_intervals
+from whisper_pipeline.execution.placement import GPU_POOL
 from whisper_pipeline_tests.conftest import REPOSITORY
 
 pytestmark = pytest.mark.slow  # a daemon and the real model in five queued runs

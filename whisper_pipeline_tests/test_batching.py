@@ -4,6 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from devtools.evaluation import english_wer
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.batching import (
     BatchTranscriber,
@@ -12,7 +13,6 @@ from whisper_pipeline.core.batching import (
     pad_features,
 )
 from whisper_pipeline.core.chunking import log_mel, split_speech
-from whisper_pipeline.evaluation import english_wer
 
 CLIPS = [
     "short/jfk.flac",
@@ -277,7 +277,7 @@ def test_two_workers_decode_batches_concurrently_with_the_same_text(model, input
 
 @pytest.mark.slow  # the real model, batched and sequential, on seven clips
 def test_word_timestamps_agree_with_faster_whispers_sequential_words(corpus, model, inputs):
-    from whisper_pipeline.evaluation import word_start_differences
+    from devtools.evaluation import word_start_differences
 
     transcriber = BatchTranscriber(model, DecodingOptions(word_timestamps=True))
     results = transcriber.transcribe(inputs)
@@ -449,7 +449,7 @@ def test_packed_clips_that_say_the_same_words_keep_their_own(corpus, model):
     # Six encodings of one "one, two, three" recording share windows: no vocabulary tells
     # their words apart, only time. Found through the CLI: "1, 2," and "3, 1, 2, 3", the last
     # word of one clip aligned across a 0.5 s gap into the next.
-    from whisper_pipeline.evaluation import normalize
+    from devtools.evaluation import normalize
     from whisper_pipeline_tests.conftest import corpus_rows
 
     names = sorted(
@@ -556,7 +556,7 @@ def test_packing_stops_when_most_packed_chunks_come_back_out(corpus, model):
     # "one, two, three", clips in languages tiny.en does not know, digits read twice. Most of
     # their chunks come back out of packed windows, so packing stops; every chunk still gets
     # its text.
-    from whisper_pipeline.evaluation import normalize
+    from devtools.evaluation import normalize
     from whisper_pipeline_tests.conftest import corpus_rows
 
     rows = corpus_rows()

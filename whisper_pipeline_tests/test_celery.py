@@ -17,7 +17,10 @@ import duckdb
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from whisper_pipeline.celery_app import (
+from devtools.commands import materialize_command
+from devtools.instance import BASE_INSTANCE
+from whisper_pipeline.defs.metrics import step_intervals
+from whisper_pipeline.execution.celery import (
     BACKEND_ENV,
     BROKER_ENV,
     VISIBILITY_TIMEOUT_ENV,
@@ -26,11 +29,8 @@ from whisper_pipeline.celery_app import (
     make_worker_app,
     running_worker,
 )
-from whisper_pipeline.commands import materialize_command
-from whisper_pipeline.instance import BASE_INSTANCE
-from whisper_pipeline.metrics import step_intervals
-from whisper_pipeline.placement import CPU_QUEUE, GPU_POOL, GPU_QUEUE
-from whisper_pipeline.profiles import CELERY, PROFILE_ENV
+from whisper_pipeline.execution.placement import CPU_QUEUE, GPU_POOL, GPU_QUEUE
+from whisper_pipeline.execution.profiles import CELERY, PROFILE_ENV
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,
     materialize_cli,
@@ -206,11 +206,11 @@ def test_worker_app_and_executor_share_the_broker_and_acknowledge_late(monkeypat
         "redis://h:6379/1"
     )
 
-    from whisper_pipeline.assets.manifest import audio_manifest
-    from whisper_pipeline.assets.transcription import transcript_tables
-    from whisper_pipeline.celery_app import celery_executor
     from whisper_pipeline.definitions import build_resources
-    from whisper_pipeline.schedules import transcribe_partition_job
+    from whisper_pipeline.defs.assets.manifest import audio_manifest
+    from whisper_pipeline.defs.assets.transcription import transcript_tables
+    from whisper_pipeline.defs.schedules import transcribe_partition_job
+    from whisper_pipeline.execution.celery import celery_executor
 
     job = dg.Definitions(
         assets=[audio_manifest, transcript_tables],

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus
 
-from whisper_pipeline.instance import BASE_INSTANCE
-from whisper_pipeline.placement import GPU_POOL
-from whisper_pipeline.sensors import fail_dead_runs
+from devtools.instance import BASE_INSTANCE
+from whisper_pipeline.defs.dead_runs import fail_dead_runs
+from whisper_pipeline.execution.placement import GPU_POOL
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,
     SHARDED,

@@ -14,11 +14,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from whisper_pipeline.commands import running_daemon
+from devtools.commands import running_daemon
 from whisper_pipeline.definitions import defs
-from whisper_pipeline.landing import LOOKBACK_ENV
-from whisper_pipeline.placement import GPU_POOL
-from whisper_pipeline.sensors import (
+from whisper_pipeline.defs.dead_runs import (
     DEAD_RUN_SENSOR_INTERVAL_S,
     HOST_TAG,
     PID_NAMESPACE_TAG,
@@ -28,6 +26,8 @@ from whisper_pipeline.sensors import (
     process_start_ticks,
     record_orchestrator,
 )
+from whisper_pipeline.defs.landing import LOOKBACK_ENV
+from whisper_pipeline.execution.placement import GPU_POOL
 from whisper_pipeline_tests.conftest import REPOSITORY, materialize_cli
 from whisper_pipeline_tests.test_crash import wait_for
 

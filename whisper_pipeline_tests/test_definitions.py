@@ -3,11 +3,11 @@ from datetime import datetime
 import dagster as dg
 import yaml
 
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline.definitions import EXECUTOR_CONFIG, defs, executor
-from whisper_pipeline.instance import BASE_INSTANCE
-from whisper_pipeline.placement import ACCELERATOR_TAG_KEY, GPU_POOL
+from whisper_pipeline.defs.schedules import nightly_transcription_schedule
+from whisper_pipeline.execution.placement import ACCELERATOR_TAG_KEY, GPU_POOL
 from whisper_pipeline.resources import StorageResource
-from whisper_pipeline.schedules import nightly_transcription_schedule
 
 
 def test_definitions_load_and_resolve():
@@ -77,7 +77,7 @@ def test_storage_touching_steps_retry_with_backoff():
 
 
 def test_shards_hold_more_audio_when_the_model_runs_on_cpu():
-    from whisper_pipeline.assets.transcription import (
+    from whisper_pipeline.defs.assets.transcription import (
         CPU_MIN_AUDIO_S_PER_SHARD,
         GPU_MIN_AUDIO_S_PER_SHARD,
         PlanShardsConfig,
@@ -109,7 +109,7 @@ def test_each_published_table_describes_itself_in_the_ui():
 def test_profile_defaults_to_local_and_a_typo_fails_loudly():
     import pytest
 
-    from whisper_pipeline.profiles import PROFILE_ENV, PROFILES, current_profile
+    from whisper_pipeline.execution.profiles import PROFILE_ENV, PROFILES, current_profile
 
     assert current_profile({}) == "local"
     assert current_profile({PROFILE_ENV: " Production "}) == "production"
@@ -147,7 +147,7 @@ def test_endpoint_comes_from_the_aws_sdk_variables(monkeypatch):
 
 
 def test_word_time_violations_name_each_bad_word():
-    from whisper_pipeline.checks import word_time_violations
+    from whisper_pipeline.defs.checks import word_time_violations
 
     def word(file_id, index, start, end):
         return {"file_id": file_id, "word_index": index, "word": f"w{index}", "start_s": start,

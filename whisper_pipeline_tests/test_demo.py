@@ -6,7 +6,7 @@ The success path through the real model is run verbatim from the README in
 
 import sys
 
-from whisper_pipeline import demo
+from devtools import demo
 
 
 def test_a_failed_run_prints_its_log_tail_and_exits_with_its_code(tmp_path, monkeypatch, capsys):

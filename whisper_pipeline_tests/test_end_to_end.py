@@ -6,8 +6,8 @@ import shutil
 import duckdb
 import pytest
 
-from whisper_pipeline.evaluation import english_wer
-from whisper_pipeline.instance import BASE_INSTANCE
+from devtools.evaluation import english_wer
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline_tests.conftest import (
     SHARDED,
     corpus_rows,

@@ -15,8 +15,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from whisper_pipeline.checks import failed_files_markdown
 from whisper_pipeline.core import audio
+from whisper_pipeline.defs.checks import failed_files_markdown
 from whisper_pipeline_tests.doubles import FakeTranscriberResource
 from whisper_pipeline_tests.fixtures import zero_channel_wav
 from whisper_pipeline_tests.inprocess import materialize, read_tables, step_failures

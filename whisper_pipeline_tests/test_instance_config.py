@@ -9,7 +9,7 @@ import yaml
 # storage connection); internal, but it is exactly what every Dagster process runs at start.
 from dagster._core.instance.config import dagster_instance_config
 
-from whisper_pipeline.instance import (
+from devtools.instance import (
     BASE_INSTANCE,
     POSTGRES_ENV,
     POSTGRES_INSTANCE,
@@ -21,7 +21,7 @@ SHARED_SECTIONS = ("concurrency", "run_monitoring", "telemetry")
 
 
 def test_deploy_file_is_the_current_render():
-    # Fails after an edit of dagster.yaml until `python -m whisper_pipeline.instance` is run.
+    # Fails after an edit of dagster.yaml until `python -m devtools.instance` is run.
     assert POSTGRES_INSTANCE.read_text() == render_postgres_instance(BASE_INSTANCE.read_text())
     assert main(["--check"]) == 0
 

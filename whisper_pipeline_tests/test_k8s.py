@@ -1,11 +1,12 @@
 """The k8s profile without a cluster: its step Jobs, validated, and the Helm values behind them.
 
-The manifests are built by ``whisper_pipeline.k8s.step_job_manifests`` from what the Helm chart
-makes of ``deploy/helm/values.yaml`` (the run launcher section of the instance's dagster.yaml and
+The manifests are built by ``whisper_pipeline.execution.k8s.step_job_manifests`` from what the
+Helm chart makes of ``deploy/helm/values.yaml`` (the run launcher section of the instance's
+dagster.yaml and
 the user deployment's container context, rendered below the way the chart's templates do) and
 checked against the Kubernetes API schema of a pinned version (``kubernetes-validate``), against
-``whisper_pipeline.placement``, and against what dagster-k8s's own ``K8sStepHandler.launch_step``
-sends to the API for the same steps.
+``whisper_pipeline.execution.placement``, and against what dagster-k8s's own
+``K8sStepHandler.launch_step`` sends to the API for the same steps.
 """
 
 import os
@@ -30,9 +31,9 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s import k8s_job_executor
 from kubernetes.utils import parse_quantity
 
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline.definitions import EXECUTOR_CONFIG, build_executor, defs
-from whisper_pipeline.instance import BASE_INSTANCE
-from whisper_pipeline.k8s import (
+from whisper_pipeline.execution.k8s import (
     K8S_EXECUTOR_CONFIG,
     PREVIEW_RUN_ID,
     REPRESENTATIVE_SHARD,
@@ -42,13 +43,13 @@ from whisper_pipeline.k8s import (
     step_args,
     step_job_manifests,
 )
-from whisper_pipeline.placement import (
+from whisper_pipeline.execution.placement import (
     CPU_STEP_RESOURCES,
     GPU_NODE_LABEL,
     GPU_POOL,
     GPU_STEP_RESOURCES,
 )
-from whisper_pipeline.profiles import K8S, PROFILE_ENV
+from whisper_pipeline.execution.profiles import K8S, PROFILE_ENV
 from whisper_pipeline.resources.storage import ROOT_ENV
 from whisper_pipeline_tests.conftest import REPOSITORY
 
@@ -417,7 +418,7 @@ def test_definitions_load_with_the_k8s_profile_without_a_cluster(tmp_path):
         """
         import dagster as dg
         from whisper_pipeline.definitions import PROFILE, defs
-        from whisper_pipeline.k8s import k8s_executor
+        from whisper_pipeline.execution.k8s import k8s_executor
 
         dg.Definitions.validate_loadable(defs)
         assert PROFILE == "k8s", PROFILE

@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from whisper_pipeline.assets.manifest import stage_file
 from whisper_pipeline.core.schema import AUDIO_FILES, STATUS_FAILED, STATUS_OK
 from whisper_pipeline.core.storage import LandedFile, Storage
+from whisper_pipeline.defs.assets.manifest import stage_file
 
 PARTITION = "2026-11-20"
 CLIP = "short/jfk.flac"

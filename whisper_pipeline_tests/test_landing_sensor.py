@@ -11,15 +11,15 @@ import pytest
 
 from whisper_pipeline.core.storage import EMPTY_LISTING_FINGERPRINT, Storage
 from whisper_pipeline.definitions import build_resources, defs
-from whisper_pipeline.landing import (
+from whisper_pipeline.defs.landing import (
     FINGERPRINT_METADATA_KEY,
     LANDING_FINGERPRINT_TAG,
     LOOKBACK_ENV,
     landing_zone_sensor,
     lookback_window,
 )
+from whisper_pipeline.defs.schedules import nightly_transcription_schedule
 from whisper_pipeline.resources import StorageResource
-from whisper_pipeline.schedules import nightly_transcription_schedule
 from whisper_pipeline_tests.doubles import FakeTranscriberResource
 from whisper_pipeline_tests.inprocess import materialize, storage_config
 
@@ -159,7 +159,7 @@ def test_late_deleted_and_replaced_files_request_a_materialized_day(instance, ro
 
 
 def test_a_day_staged_but_not_published_stays_stale(instance, root, corpus):
-    from whisper_pipeline.assets.manifest import audio_manifest
+    from whisper_pipeline.defs.assets.manifest import audio_manifest
 
     day = days_now()[-4]
     land(root, day, corpus, CLIPS[0])

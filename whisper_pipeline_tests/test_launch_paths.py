@@ -11,10 +11,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from whisper_pipeline.assets.manifest import audio_manifest
-from whisper_pipeline.assets.subtitles import subtitle_files
-from whisper_pipeline.assets.transcription import transcript_tables
 from whisper_pipeline.definitions import build_resources
+from whisper_pipeline.defs.assets.manifest import audio_manifest
+from whisper_pipeline.defs.assets.subtitles import subtitle_files
+from whisper_pipeline.defs.assets.transcription import transcript_tables
 from whisper_pipeline_tests.doubles import FakeTranscriberResource
 from whisper_pipeline_tests.inprocess import read_tables, retries, step_failures, storage_config
 

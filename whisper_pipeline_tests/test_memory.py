@@ -10,7 +10,7 @@ import pytest
 
 from whisper_pipeline.core.memory import GLIBC_TUNABLES, hugepage_malloc_tunables
 from whisper_pipeline.definitions import executor
-from whisper_pipeline.metrics import cpu_usage
+from whisper_pipeline.defs.metrics import cpu_usage
 
 SCRIPT = """
 import sys

@@ -2,7 +2,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from whisper_pipeline.metrics import idle_metrics, preview_markdown, step_intervals
+from whisper_pipeline.defs.metrics import idle_metrics, preview_markdown, step_intervals
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_preview_markdown_empty_table():
 
 
 def test_audio_files_metadata_counts_statuses_and_hours():
-    from whisper_pipeline.metrics import audio_files_metadata
+    from whisper_pipeline.defs.metrics import audio_files_metadata
 
     files = pa.table({"status": ["ok", "ok", "no_speech", "failed"]})
     transcripts = pa.table({"duration_s": [1800.0, 1800.0, 360.0]})
@@ -126,7 +126,7 @@ def test_audio_files_metadata_counts_statuses_and_hours():
 
 def test_transcripts_metadata_sums_this_runs_shards():
     from whisper_pipeline.core.staging import ShardFeatures, ShardPlan, ShardTranscripts
-    from whisper_pipeline.metrics import transcripts_metadata
+    from whisper_pipeline.defs.metrics import transcripts_metadata
 
     def shard(index, files, audio_s, preprocess_s, transcribe_s, rss):
         plan = ShardPlan(index, "/run", "key", tuple((f"{i}", "p", None) for i in range(files)))

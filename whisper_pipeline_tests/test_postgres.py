@@ -19,11 +19,11 @@ import dagster as dg
 import duckdb
 import pytest
 
-from whisper_pipeline.commands import materialize_command, running_daemon
-from whisper_pipeline.instance import POSTGRES_INSTANCE
-from whisper_pipeline.landing import LOOKBACK_ENV
-from whisper_pipeline.placement import GPU_POOL
-from whisper_pipeline.sensors import PID_TAG
+from devtools.commands import materialize_command, running_daemon
+from devtools.instance import POSTGRES_INSTANCE
+from whisper_pipeline.defs.dead_runs import PID_TAG
+from whisper_pipeline.defs.landing import LOOKBACK_ENV
+from whisper_pipeline.execution.placement import GPU_POOL
 from whisper_pipeline_tests.conftest import REPOSITORY, materialize_cli, planned_and_cached
 from whisper_pipeline_tests.tables import TABLES, assert_each_file_once, read_tables
 from whisper_pipeline_tests.test_crash import wait_for

@@ -13,9 +13,9 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from whisper_pipeline.assets import transcription
-from whisper_pipeline.checks import CHECKS, NOT_PUBLISHED, WARNINGS
 from whisper_pipeline.core.storage import Storage
+from whisper_pipeline.defs.assets import transcription
+from whisper_pipeline.defs.checks import CHECKS, NOT_PUBLISHED, WARNINGS
 from whisper_pipeline.resources.whisper import WhisperModelResource
 from whisper_pipeline_tests.doubles import FakeTranscriberResource, fake_text
 from whisper_pipeline_tests.inprocess import (

@@ -21,7 +21,7 @@ from whisper_pipeline_tests.s3 import free_port
 
 SETUP = (
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" -c constraints.txt'
-    " && python -m whisper_pipeline.demo\n"
+    " && python -m devtools.demo\n"
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" -c constraints.txt'
     " && python -m pytest\n"
 )
@@ -29,7 +29,7 @@ SETUP = (
 COMMANDS = {
     "python3 -m venv .venv": "the demo after the venv and pip steps: readme_checkout (slow); the"
     " venv and pip steps are .ci/run's on a fresh machine, and pytest is this suite",
-    "python -m whisper_pipeline.demo --audio": "readme_checkout (slow), verbatim",
+    "python -m devtools.demo --audio": "readme_checkout (slow), verbatim",
     "export DAGSTER_HOME=": "before each block below that needs it (slow), verbatim",
     "dagster dev": "test_dagster_dev_serves_without_an_instance_warning (slow), verbatim",
     "pkill -f": "test_dagster_dev_stops_on_ctrl_c_and_the_readme_stops_a_killed_one (slow),"

@@ -13,7 +13,7 @@ import re
 import duckdb
 import pytest
 
-from whisper_pipeline.demo import SAMPLE_SENTENCES, duckdb_query
+from devtools.demo import SAMPLE_SENTENCES, duckdb_query
 from whisper_pipeline_tests.readme import code_blocks
 
 BLOCKS = [("sql", code) for code in code_blocks("sql")] + [

@@ -7,8 +7,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from whisper_pipeline.evaluation import english_wer
-from whisper_pipeline.instance import BASE_INSTANCE
+from devtools.evaluation import english_wer
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline_tests.conftest import (
     materialize_cli,
     plan_config,

@@ -28,11 +28,11 @@ import s3fs
 from dagster import DagsterEventType, DagsterInstance, EventLogEntry
 from dagster._serdes import serialize_value
 
-from whisper_pipeline.commands import materialize_command
+from devtools.commands import materialize_command
+from devtools.evaluation import english_wer
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.core.storage import PARTITION_FILE, Storage
-from whisper_pipeline.evaluation import english_wer
-from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline_tests.conftest import (
     REPOSITORY,
     corpus_rows,

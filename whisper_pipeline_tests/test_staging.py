@@ -113,7 +113,7 @@ def peak_rss_mib(root, chunks: int, wave_frames: int) -> float:
 def test_transcription_memory_is_bounded_by_the_wave_not_the_shard(tmp_path):
     # The probe: a transcription step's memory grew with the chunks of its shard (the whole
     # features file stayed mapped). 400 chunks of 30 s are 384 MB of features.
-    from whisper_pipeline.assets.transcription import wave_frames
+    from whisper_pipeline.defs.assets.transcription import wave_frames
     from whisper_pipeline_tests.doubles import FakeTranscriberResource
 
     wave = wave_frames(FakeTranscriberResource())

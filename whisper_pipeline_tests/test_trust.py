@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from whisper_pipeline.assets import manifest, transcription
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline.landing import landing_states
+from whisper_pipeline.defs.assets import manifest, transcription
+from whisper_pipeline.defs.landing import landing_states
 from whisper_pipeline_tests.doubles import FakeTranscriber, FakeTranscriberResource
 from whisper_pipeline_tests.inprocess import materialize, read_tables, retries, step_failures
 

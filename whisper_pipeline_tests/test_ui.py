@@ -24,14 +24,14 @@ import dagster as dg
 import pytest
 import requests
 
-from whisper_pipeline.commands import DEFINITIONS_MODULE
+from devtools.commands import DEFINITIONS_MODULE
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.definitions import defs
-from whisper_pipeline.instance import BASE_INSTANCE
-from whisper_pipeline.landing import LOOKBACK_ENV
-from whisper_pipeline.placement import GPU_POOL
+from whisper_pipeline.defs.dead_runs import PID_TAG, process_start_ticks
+from whisper_pipeline.defs.landing import LOOKBACK_ENV
+from whisper_pipeline.execution.placement import GPU_POOL
 from whisper_pipeline.resources.storage import ROOT_ENV
-from whisper_pipeline.sensors import PID_TAG, process_start_ticks
 from whisper_pipeline_tests.conftest import REPOSITORY
 from whisper_pipeline_tests.s3 import free_port
 from whisper_pipeline_tests.tables import assert_each_file_once
@@ -540,8 +540,8 @@ def test_materialize_one_partition_in_the_browser(dagster_dev):
 
 
 KILL_BOUND_S = 5
-"""SIGKILL of a run's process to the end of its transcription step (``whisper_pipeline.preload``).
-"""
+"""SIGKILL of a run's process to the end of its transcription step
+(``whisper_pipeline.execution.preload``)."""
 SLOT_BOUND_S = 45
 """SIGKILL to the gpu slot's release: ``dead_run_sensor`` ticks every 30 s (plus a tick's time)."""
 

@@ -1,4 +1,4 @@
-"""Run the main job end to end on the embedded default: ``python -m whisper_pipeline.demo``.
+"""Run the main job end to end on the embedded default: ``python -m devtools.demo``.
 
 Synthesizes sample speech offline with Piper (or copies a folder you name) into the landing
 zone, then materializes one daily partition through the Dagster CLI with the multiprocess
@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import soundfile
 
-from whisper_pipeline.commands import materialize_command
+from devtools.commands import materialize_command
+from devtools.instance import BASE_INSTANCE
 from whisper_pipeline.core.audio import SAMPLE_RATE
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline.instance import BASE_INSTANCE
 from whisper_pipeline.resources.storage import DEFAULT_ROOT
 
 SAMPLE_SENTENCES = (

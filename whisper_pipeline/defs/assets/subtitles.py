@@ -7,12 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 import pyarrow as pa
 
-from whisper_pipeline.assets.manifest import STORAGE_RETRY
 from whisper_pipeline.core.schema import STATUS_OK
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.core.subtitles import build_cues, export_stems, to_srt, to_vtt
-from whisper_pipeline.partitions import daily_partitions
-from whisper_pipeline.placement import CPU_OP_TAGS
+from whisper_pipeline.defs.assets.manifest import STORAGE_RETRY
+from whisper_pipeline.defs.partitions import daily_partitions
+from whisper_pipeline.execution.placement import CPU_OP_TAGS
 from whisper_pipeline.resources import StorageResource
 
 SUBTITLE_FORMATS = {".srt": to_srt, ".vtt": to_vtt}
@@ -64,7 +64,7 @@ def remove_stale(store: Storage, folder: str, keep: set[str]) -> list[str]:
     kinds={"srt", "vtt"},
     retry_policy=STORAGE_RETRY,
     op_tags=CPU_OP_TAGS,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.defs.landing
 )
 def subtitle_files(
     context: dg.AssetExecutionContext,

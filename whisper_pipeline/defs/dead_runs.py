@@ -17,7 +17,7 @@ process's pid (in the run's ``RUN_START`` event) but not its host, so:
   them failed and frees their pool slots at once; it also frees the slots still held by runs
   of its host that ended (failed by run monitoring, say) with no step process alive.
 * Step processes never outlive their run: each is SIGKILLed when the executor's forkserver
-  ends, which it does with the run's process (``whisper_pipeline.preload``).
+  ends, which it does with the run's process (``whisper_pipeline.execution.preload``).
 
 Bound: with the daemon running, a dead run is failed and its slots freed at the sensor's next
 tick, within ``DEAD_RUN_SENSOR_INTERVAL_S`` (30 s) plus the daemon's sensor loop (it wakes every

@@ -11,11 +11,11 @@ import pyarrow as pa
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.schema import AUDIO_FILES, STATUS_FAILED, STATUS_OK
 from whisper_pipeline.core.storage import LandedFile, Storage
-from whisper_pipeline.partitions import daily_partitions
-from whisper_pipeline.placement import CPU_OP_TAGS
+from whisper_pipeline.defs.dead_runs import record_orchestrator
+from whisper_pipeline.defs.partitions import daily_partitions
+from whisper_pipeline.execution.placement import CPU_OP_TAGS
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
 from whisper_pipeline.resources.storage import ROOT_ENV
-from whisper_pipeline.sensors import record_orchestrator
 
 T = TypeVar("T")
 
@@ -128,7 +128,7 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
     group_name="staging",
     kinds={"python", "parquet"},
     op_tags=CPU_OP_TAGS,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.defs.landing
 )
 def audio_manifest(
     context: dg.AssetExecutionContext, storage: StorageResource, whisper: WhisperModelResource
@@ -187,6 +187,6 @@ def audio_manifest(
             "audio_hours": round(seconds / 3600, 4),
             "bytes": sum(row["size_bytes"] for row in rows),
             "landing_zone": dg.MetadataValue.path(store.uri(store.raw_dir(key))),
-            "landing_fingerprint": fingerprint,  # read by whisper_pipeline.landing
+            "landing_fingerprint": fingerprint,  # read by whisper_pipeline.defs.landing
         },
     )

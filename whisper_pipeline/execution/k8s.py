@@ -12,8 +12,9 @@ as ``env`` and ``tolerations`` are appended without duplicates, scalars are repl
    its env ConfigMap (``WHISPER_PIPELINE_*``), namespace, service account and ``resources``;
 3. this executor's config (``K8S_EXECUTOR_CONFIG``): env vars and ``step_k8s_config``
    (a security context);
-4. the op's ``dagster-k8s/config`` tag (``whisper_pipeline.placement``): CPU and memory requests
-   of CPU steps; one ``nvidia.com/gpu``, the GPU node selector and toleration of transcription;
+4. the op's ``dagster-k8s/config`` tag (``whisper_pipeline.execution.placement``): CPU and memory
+   requests of CPU steps; one ``nvidia.com/gpu``, the GPU node selector and toleration of
+   transcription;
 5. the executor's ``per_step_k8s_config`` (unused here).
 
 The step image is the code location's own (``DAGSTER_CURRENT_IMAGE`` of the user deployment, which
@@ -60,8 +61,8 @@ from dagster_k8s.job import (
 )
 from dagster_k8s.utils import get_deployment_id_label
 
-from whisper_pipeline.landing import TRANSCRIBE_JOB_NAME
-from whisper_pipeline.profiles import K8S, PROFILE_ENV
+from whisper_pipeline.defs.landing import TRANSCRIBE_JOB_NAME
+from whisper_pipeline.execution.profiles import K8S, PROFILE_ENV
 from whisper_pipeline.resources.storage import ROOT_ENV
 
 MAX_CONCURRENT_STEP_PODS = 8

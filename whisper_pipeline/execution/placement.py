@@ -24,8 +24,8 @@ CELERY_QUEUE_TAG = "dagster-celery/queue"
 """dagster-celery's op tag naming the queue a step is sent to (default queue: ``dagster``)."""
 
 CPU_QUEUE = "cpu"
-"""Celery queue of every step but transcription (``celery -A whisper_pipeline.celery_app worker
---queues cpu``)."""
+"""Celery queue of every step but transcription
+(``celery -A whisper_pipeline.execution.celery worker --queues cpu``)."""
 
 GPU_QUEUE = "gpu"
 """Celery queue of transcription steps, served by one worker of concurrency 1 per GPU."""

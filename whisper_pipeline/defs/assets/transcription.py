@@ -7,13 +7,6 @@ from functools import partial
 import dagster as dg
 import pyarrow as pa
 
-from whisper_pipeline.assets.manifest import STORAGE_RETRY, retry_write
-from whisper_pipeline.checks import (
-    CHECK_SPECS,
-    blocking_failures,
-    check_results,
-    not_published,
-)
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.chunking import N_FRAMES
 from whisper_pipeline.core.memory import release_free_memory
@@ -50,8 +43,16 @@ from whisper_pipeline.core.staging import (
     write_results,
 )
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline.landing import KEPT_METADATA_KEY
-from whisper_pipeline.metrics import (
+from whisper_pipeline.defs.assets.manifest import STORAGE_RETRY, retry_write
+from whisper_pipeline.defs.checks import (
+    CHECK_SPECS,
+    blocking_failures,
+    check_results,
+    not_published,
+)
+from whisper_pipeline.defs.dead_runs import record_orchestrator
+from whisper_pipeline.defs.landing import KEPT_METADATA_KEY
+from whisper_pipeline.defs.metrics import (
     audio_files_metadata,
     cpu_metadata,
     cpu_usage,
@@ -61,10 +62,9 @@ from whisper_pipeline.metrics import (
     step_intervals,
     transcripts_metadata,
 )
-from whisper_pipeline.partitions import daily_partitions
-from whisper_pipeline.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
+from whisper_pipeline.defs.partitions import daily_partitions
+from whisper_pipeline.execution.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
-from whisper_pipeline.sensors import record_orchestrator
 
 CHECK_OUTPUTS = [spec.get_python_identifier() for spec in CHECK_SPECS]
 """``write_tables``' output name of each asset check, as Dagster names a check's output."""
@@ -87,7 +87,7 @@ class WriteTablesConfig(dg.Config):
         keep_published_on_failure: A file that fails in this run while its content is unchanged
             keeps the transcript published for it (``core.results.keep_published``), reported
             as a warning, in ``no_failed_files`` and in the ``files_kept_after_failure``
-            metadata, and the partition is requested again (``whisper_pipeline.landing``).
+            metadata, and the partition is requested again (``whisper_pipeline.defs.landing``).
             False publishes the failure rows instead.
     """
 
@@ -450,7 +450,7 @@ def write_tables(
     """Assemble the partition's tables, check them, and publish them if the checks pass.
 
     Reads one result per distinct content: this run's, or the cached one from an earlier run.
-    The asset checks (``whisper_pipeline.checks``) run on the built tables before anything is
+    The asset checks (``whisper_pipeline.defs.checks``) run on the built tables before anything is
     published. If a blocking one fails, the step reports every result and fails, and the
     published partition stays as it was; otherwise the IO manager replaces each table
     atomically and the results follow, each on its table's new materialization.
@@ -509,7 +509,7 @@ def write_tables(
         **transcripts_metadata(transcripts, shards, len(contents)),
         **idle_metrics(intervals, sum(s.transcribe_s for s in shards), run_started),
         **spec.metadata(),
-        # Read by whisper_pipeline.landing: a partition with kept files is run again.
+        # Read by whisper_pipeline.defs.landing: a partition with kept files is run again.
         KEPT_METADATA_KEY: len(kept),
         "preview": dg.MetadataValue.md(preview_markdown(transcripts)),
     }
@@ -545,7 +545,7 @@ def table_out(name: str) -> dg.AssetOut:
     check_specs=CHECK_SPECS,
     partitions_def=daily_partitions,
     group_name="transcripts",
-    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.landing
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.defs.landing
 )
 def transcript_tables(audio_manifest):
     """Preprocess shards on CPU in parallel, transcribe them in micro-batches, publish tables."""

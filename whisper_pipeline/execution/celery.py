@@ -2,12 +2,12 @@
 
 Workers, one per GPU for transcription and as many CPU slots as the host has cores::
 
-    celery -A whisper_pipeline.celery_app worker --queues gpu --concurrency 1 -n gpu@%h
-    celery -A whisper_pipeline.celery_app worker --queues cpu --concurrency 8 -n cpu@%h
+    celery -A whisper_pipeline.execution.celery worker --queues gpu --concurrency 1 -n gpu@%h
+    celery -A whisper_pipeline.execution.celery worker --queues cpu --concurrency 8 -n cpu@%h
 
 Each step is one Celery task (dagster-celery's ``execute_plan``) on the queue its op's
-``dagster-celery/queue`` tag names (``whisper_pipeline.placement``); it runs inside a worker's
-pool process, which rebuilds the Dagster instance from the reference the task carries.
+``dagster-celery/queue`` tag names (``whisper_pipeline.execution.placement``); it runs inside a
+worker's pool process, which rebuilds the Dagster instance from the reference the task carries.
 
 Environment (workers, and the process that runs the run, read the same variables):
 
@@ -72,7 +72,7 @@ from dagster_celery.executor import _submit_task as submit_step_task
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
 
-from whisper_pipeline.profiles import CELERY, PROFILE_ENV, current_profile
+from whisper_pipeline.execution.profiles import CELERY, PROFILE_ENV, current_profile
 
 BROKER_ENV = "WHISPER_PIPELINE_CELERY_BROKER"
 """Environment variable naming the broker URL (required)."""
@@ -225,8 +225,8 @@ def make_worker_app(environ: Mapping[str, str] | None = None) -> celery.Celery:
     if profile != CELERY:
         raise CeleryConfigError(
             f"{PROFILE_ENV}={environ.get(PROFILE_ENV, '')!r} (profile {profile!r}): a worker of "
-            f"whisper_pipeline.celery_app must run with {PROFILE_ENV}={CELERY}, like the runs "
-            "it serves"
+            f"whisper_pipeline.execution.celery must run with {PROFILE_ENV}={CELERY}, like the"
+            " runs it serves"
         )
     app = make_app(
         {
@@ -355,7 +355,7 @@ _worker_app: celery.Celery | None = None
 
 
 def __getattr__(name: str) -> celery.Celery:
-    """``app`` (what ``celery -A whisper_pipeline.celery_app`` looks up), built on first use."""
+    """``app``, which ``celery -A whisper_pipeline.execution.celery`` looks up (built lazily)."""
     global _worker_app
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,7 @@ import posixpath
 import dagster as dg
 import pyarrow as pa
 
-from whisper_pipeline.landing import TRANSCRIBE_JOB_NAME
+from whisper_pipeline.defs.landing import TRANSCRIBE_JOB_NAME
 from whisper_pipeline.resources.storage import StorageResource
 
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from whisper_pipeline.landing import (
+from whisper_pipeline.defs.landing import (
     TRANSCRIBE_JOB_NAME,
     landing_states,
     lookback_days,
@@ -36,7 +36,7 @@ def nightly_transcription_schedule(
     before is still requested, so ``audio_manifest`` fails loudly on the vanished folder. Any
     other partition of the last ``WHISPER_PIPELINE_LOOKBACK_DAYS`` (default 7) whose landing
     folder changed since its tables were built, or whose last run failed after staging, is
-    requested too (the rule is ``whisper_pipeline.landing``'s, shared with
+    requested too (the rule is ``whisper_pipeline.defs.landing``'s, shared with
     ``landing_zone_sensor``). Run keys name the partition and its listing; Dagster scopes them
     to the scheduled time, so re-evaluating a tick launches nothing twice.
     """

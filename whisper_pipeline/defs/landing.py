@@ -56,7 +56,7 @@ import dagster as dg
 
 from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.core.storage import EMPTY_LISTING_FINGERPRINT, Storage
-from whisper_pipeline.partitions import daily_partitions
+from whisper_pipeline.defs.partitions import daily_partitions
 from whisper_pipeline.resources import StorageResource
 
 TRANSCRIBE_JOB_NAME = "transcribe_partition"
@@ -320,7 +320,7 @@ def landing_zone_sensor(
     """Run every recent partition whose landing folder changed since it was last materialized.
 
     Late, deleted or replaced files under ``raw/YYYY-MM-DD/`` within the lookback window request
-    one ``transcribe_partition`` run of that day per listing (see ``whisper_pipeline.landing``).
+    one ``transcribe_partition`` run of that day per listing (see this module's docstring).
     """
     keys = lookback_window(datetime.now(UTC), lookback_days())
     store = storage.get()

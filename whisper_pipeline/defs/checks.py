@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from whisper_pipeline.core.results import KeptFile
 from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_OK, STATUSES, TABLE_SCHEMAS
-from whisper_pipeline.partitions import daily_partitions
+from whisper_pipeline.defs.partitions import daily_partitions
 
 CHECKS = {
     ("audio_files", "one_row_per_landed_file"): "Every staged file has exactly one row.",
