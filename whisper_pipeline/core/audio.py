@@ -161,16 +161,12 @@ def probe(stream: BinaryIO) -> ProbeResult:
 
 
 DECODE_PROBE_OPTIONS = {"probesize": "32768"}
-"""FFmpeg demuxer options of a decode's first try: read at most 32 KiB to identify the format
-and its streams (FFmpeg's default is 5 MB, read through ``avformat_find_stream_info``).
-
-Decoding needs no more: every frame carries its own rate and layout, and the resampler
-converts each. Opening took 5.8-6.2 ms per 4 s WAV clip with the default and 1.7 ms with this,
-and the samples were identical on all 82 corpus files (AAC, AIFF, FLAC, M4A, MP3, Ogg, Opus,
-WAV, WebM) and on AAC in MPEG-TS, MP4 and ADTS, AMR and an MP3 behind a 1 MB ID3 tag
-(``benchmarks/RESULTS.md``). The probe of the manifest (``probe``) keeps FFmpeg's default, since
-it reports the container's duration. A file this first try cannot decode, or decodes to
-nothing, is decoded again with FFmpeg's defaults (``decode_pcm16``)."""
+"""FFmpeg demuxer options of a decode's first try: read at most 32 KiB (FFmpeg's default:
+5 MB) to identify the format and its streams. Decoding needs no more, as every frame carries
+its own rate and layout; ``probe`` keeps the default, since it reports the container's
+duration. A file this try cannot decode, or decodes to nothing, is decoded again with FFmpeg's
+defaults (``decode_pcm16``). Cost and equivalence: ``benchmarks/RESULTS.md``, "Preprocessing
+per stage"."""
 
 
 def decode_pcm16(stream: BinaryIO) -> Iterator[np.ndarray]:
@@ -187,11 +183,9 @@ def decode_pcm16(stream: BinaryIO) -> Iterator[np.ndarray]:
     cannot be taken back).
 
     Unlike faster-whisper's ``decode_audio`` this does not call ``gc.collect()`` after each
-    file. That call worked around resamplers kept alive by reference cycles in older PyAV
+    file: that worked around resamplers kept alive by reference cycles in older PyAV
     (faster-whisper issue #390, PyAV issue #1429, closed in 2024); the installed PyAV frees
-    them when their last reference goes (``test_audio`` checks it with the collector off),
-    and a full collection per file cost about 90 ms in a Dagster step process: two thirds of
-    the preprocessing time on short clips.
+    them by reference counting (``test_audio`` checks it with the collector off).
 
     Args:
         stream: A seekable binary file object; a second try seeks it back to where it was.

@@ -30,10 +30,9 @@ N_FRAMES = CHUNK_LENGTH_S * SAMPLE_RATE // HOP_LENGTH
 
 VAD_BLOCK_S = 300
 """Audio (seconds) one Silero VAD pass keeps regions for. faster-whisper's VAD copies and
-windows its whole input (about 0.3 MB per second scanned); with the context either side a pass
-scans 370 s, so preprocessing a 2-hour file peaks at a fraction of the RSS of one pass over the
-whole file (``benchmarks/long_file_memory.py``; figures in ``benchmarks/RESULTS.md``). Files up
-to this long get exactly faster-whisper's single-pass regions."""
+windows its whole input, so its memory grows with the audio one pass scans (this plus
+``VAD_CONTEXT_S`` either side); ``benchmarks/RESULTS.md``, "Memory". Files up to this long get
+exactly faster-whisper's single-pass regions."""
 
 VAD_CONTEXT_S = 35
 """Audio (seconds) VAD also scans before and after each block. Regions are kept by the block
@@ -133,11 +132,9 @@ def split_speech(
 ) -> Iterator[SpeechChunk]:
     """Find speech with Silero VAD and pack it into chunks of at most 30 s, one at a time.
 
-    The chunks keep the recording's own level (``scale``), as faster-whisper feeds Whisper:
-    Whisper's log-mel features are not gain-invariant (log10 of the power, clamped 8 below the
-    maximum, then ``(x + 4) / 4``), and on the shared corpus peak-normalized features gave 9
-    more word errors (175 against 166 of 1871) than the recorded level. Only the VAD's input is
-    normalized (``vad_scale``, peak normalization: Silero VAD misses very quiet speech).
+    The chunks keep the recording's own level (``scale``), as faster-whisper feeds Whisper,
+    whose log-mel features are not gain-invariant; only the VAD's input is normalized
+    (``vad_scale``: Silero VAD misses very quiet speech); docs/ARCHITECTURE.md, "core/chunking.py".
 
     Args:
         samples: Mono samples, shape ``(n_samples,)``, 16 kHz, float32 or int16 (see

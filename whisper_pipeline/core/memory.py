@@ -1,21 +1,11 @@
-"""Keep a long transcription process's heap from growing with the work it has done.
+"""glibc ``malloc`` settings for long transcription processes.
 
-CTranslate2 allocates per-batch buffers of a few MiB (encoder activations, beam states) of ever
-new sizes. glibc's ``malloc`` raises its mmap threshold each time a mapped block is freed (up to
-32 MiB), so after the first batches these buffers come from the heap arenas, whose free space
-fragments and stays resident: a transcription step's peak RSS grew with the chunks it had
-decoded. Fixing the threshold low (``mallopt(M_MMAP_THRESHOLD)``) stopped the growth but made
-every buffer a fresh mapping, and CPU decoding much slower (``benchmarks/RESULTS.md``).
-``malloc_trim`` between waves of chunks instead hands the arenas' free pages back to the system
-(glibc 2.8 and later release free pages inside the heap too, not only its top) at the cost of
-one call per wave.
-
-The opposite cost is the one that dominated: CTranslate2's CPU buffers above 32 MiB (a batch's
-encoder attention scores: 8 rows x 6 heads x 1500 x 1500 float32, 432 MB) are always fresh
-mappings, so every page of them is faulted in anew on every batch. A batch of 8 encoder windows
-took about 850,000 minor page faults, and the kernel's share of a transcription step's CPU time
-was about a quarter. ``hugepage_malloc_tunables`` makes ``malloc`` ask for transparent huge pages
-(2 MiB, one fault each) for its mappings and heap (``benchmarks/RESULTS.md``).
+``release_free_memory`` (``malloc_trim``) hands the heap arenas' free pages back to the system
+between waves, so a transcription step's RSS does not grow with the chunks it has decoded.
+``hugepage_malloc_tunables`` makes processes started later ask ``malloc`` for transparent huge
+pages, so CTranslate2's large per-batch buffers (fresh mappings on every batch) are faulted in
+2 MiB at a time instead of 4 KiB. Neither has any effect off glibc. Why, and what was tried:
+docs/ARCHITECTURE.md, "core/memory.py"; figures in ``benchmarks/RESULTS.md``, "Memory".
 """
 
 import ctypes
@@ -66,11 +56,7 @@ def hugepage_malloc_tunables(environ: MutableMapping[str, str] | None = None) ->
     ``os.environ``), unless it already names ``glibc.malloc.hugetlb``: an explicit setting, such
     as ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` for the ablation, is left as it is. Only
     processes exec'd afterwards read it (the multiprocess executor's forkserver and the step
-    processes it forks), never the running one.
-
-    Measured on a 2-core AMD EPYC, tiny.en int8: a batch of 8 encoder windows 2.8 s instead of
-    3.95 s (``benchmarks/page_faults.py``: 65,000 page faults instead of 842,000), the corpus
-    partition through the CLI 1.18x faster; peak RSS about 2% higher (``benchmarks/RESULTS.md``).
+    processes it forks), never the running one (``benchmarks/RESULTS.md``, "Huge pages").
 
     Returns:
         Whether the tunable was added.

@@ -226,7 +226,7 @@ def build_tables(
     spec: ModelSpec,
     processed_at: datetime,
 ) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Join the staged manifest with per-content results into the three published tables.
+    """Join the staged manifest with per-content results into the four published tables.
 
     Every manifest row yields one ``audio_files`` row with its final status: ``failed`` at
     probe time, or the content's result status (``failed`` with the reason, ``no_speech`` or
@@ -343,14 +343,12 @@ def row_ids(transcripts: pa.Table | None) -> set[str]:
 class PublishingPlan:
     """How ``write_tables`` replaces ``audio_files`` and ``transcripts``, one file after the other.
 
-    A partition's tables are separate files, replaced one after another, and any write can fail.
-    Readers must never see a file ``ok`` or ``no_speech`` in ``audio_files`` without its
-    ``transcripts`` row. ``audio_files`` goes first when the published transcripts already have
-    a row for every file the new ``audio_files`` transcribes (a re-run, a deleted file);
-    ``transcripts`` goes first when the new transcripts have a row for every file the published
-    ``audio_files`` transcribes (a first publish, a late upload). Only when files are both added
-    and deleted is a ``bridge`` published before both (the new rows plus the published rows of
-    the deleted files), so ``transcripts`` is written twice on that run alone.
+    Invariant: at every point between the writes, each file ``ok`` or ``no_speech`` in
+    ``audio_files`` has its ``transcripts`` row. ``audio_files`` goes first when the published
+    transcripts already cover the new ``audio_files`` (a re-run, a deleted file); ``transcripts``
+    first when the new transcripts cover the published ``audio_files`` (a first publish, a late
+    upload); when files are both added and deleted, a ``bridge`` (the new rows plus the
+    published rows of the deleted files) is published before both.
 
     Attributes:
         bridge: The ``transcripts`` to publish before both tables, or ``None``.
@@ -414,11 +412,10 @@ def keep_published(
     """Put back the published rows of files that failed now but whose content is unchanged.
 
     A failure in this run (a CUDA out-of-memory, a model that raised, a lost result) says
-    nothing about the content, which was transcribed before: its published transcript stays,
-    and the failure is reported instead of replacing good data. A file is kept when this run's
-    ``audio_files`` row is ``failed``, the published row of the same ``file_id`` has the same
-    ``content_sha256`` and is not ``failed``; its published rows of all four tables replace
-    the new ones (a changed or new file is never kept).
+    nothing about content transcribed before. A file is kept when this run's ``audio_files`` row
+    is ``failed`` and the published row of the same ``file_id`` has the same ``content_sha256``
+    and is not ``failed``; its published rows of all four tables replace the new ones (a
+    changed or new file is never kept).
 
     Args:
         built: The four tables as ``build_tables`` built them, by name.

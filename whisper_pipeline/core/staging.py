@@ -1,17 +1,12 @@
 """The staging area: shard manifests, shards written and read back, results, clean-up.
 
-Shard manifests (``ShardPlan``, ``ShardFeatures``, ``ShardTranscripts``) are what steps pass each
-other; features are written by ``ShardWriter`` and read back in bounded waves (``chunk_waves``);
-each content's result is one JSON object (``write_results``, ``read_results``); the folders of
-runs that are gone are removed (``remove_stale_runs``).
-
+Steps pass each other small manifests (``ShardPlan``, ``ShardFeatures``, ``ShardTranscripts``).
 A preprocessed shard is three files in ``staging/YYYY-MM-DD/<run id>/shard-NNNNN/``:
-
-- ``features.f32``: every chunk's log-mel frames, float32, row-major ``(frames, n_mels)``,
-  chunks one after another;
-- ``chunks.parquet`` (``SHARD_CHUNKS``): where each chunk's frames are, and its speech regions;
-- ``files.parquet`` (``SHARD_FILES``): per distinct content, the decoded duration, the speech
-  found, and ``failed``/``no_speech`` with a reason.
+``features.f32`` (every chunk's log-mel frames, float32, row-major ``(frames, n_mels)``, chunks
+one after another), ``chunks.parquet`` (``SHARD_CHUNKS``: where each chunk's frames are, its
+speech regions) and ``files.parquet`` (``SHARD_FILES``: per content, decoded duration, speech
+found, status and reason). Each content's result is one JSON object in the cache, or in the
+run's folder when it failed; folders of runs that are gone are removed (``remove_stale_runs``).
 """
 
 import os
@@ -288,15 +283,12 @@ def chunk_waves(
 ) -> Iterator[list[ChunkInput]]:
     """Read a preprocessed shard back as model inputs, about ``wave_frames`` frames at a time.
 
-    Chunks come longest first (so the batches of a wave hold chunks of similar length) and are
-    keyed ``(content_sha256, chunk_index)``. A wave holds the next chunks whose frames add up
-    to at most ``wave_frames`` (a longer chunk makes a wave of its own), so the feature memory
-    a step holds is bounded in frames, whatever the chunks' lengths: a wave of 30 s chunks
-    holds ``wave_frames / 3000`` of them, a wave of 3 s voice notes ten times as many, all of
-    which can then share packed windows (``core.packing``). Each wave memory-maps the features
-    file afresh and drops the map when the caller moves on, so the feature pages a step keeps
-    resident are bounded by the wave, not by the shard (a mapped page stays in the process's
-    RSS until it is unmapped). A remote features file is downloaded into ``local_dir`` first.
+    Chunks come longest first (so a wave's batches hold chunks of similar length) and are keyed
+    ``(content_sha256, chunk_index)``. A wave holds the next chunks whose frames add up to at
+    most ``wave_frames`` (a longer chunk makes a wave of its own). Each wave memory-maps the
+    features file afresh and drops the map when the caller moves on, so the feature pages kept
+    resident are bounded by the wave, not the shard. A remote features file is downloaded into
+    ``local_dir`` first.
 
     Args:
         store: The storage holding the shard.

@@ -130,36 +130,24 @@ class Storage:
     def list_landed(self, partition_key: str) -> list[LandedFile]:
         """List every entry under the partition's landing folder, subfolders included.
 
-        Every entry gets one ``LandedFile``; those that must not be read carry an ``error``
-        (the reasons are the ``LANDED_*`` constants) and become ``failed`` rows, so one odd
-        entry never fails the partition. On both kinds of storage, names with a path segment
-        starting with ``.`` (``.DS_Store``, partial uploads) are skipped, except the segments
-        ``.`` and ``..`` themselves, which are not hidden files.
+        Every entry gets one ``LandedFile``; one that must not be read carries an ``error`` (a
+        ``LANDED_*`` reason) and becomes a ``failed`` row, so one odd entry never fails the
+        partition. Names with a segment starting with ``.`` (``.DS_Store``, partial uploads)
+        are skipped; the segments ``.`` and ``..`` themselves are not hidden names.
 
-        Local filesystem (walked with ``os.scandir``, symbolic links never followed into
-        folders; each entry classified with ``lstat``):
+        Local roots are walked with ``os.scandir`` and ``lstat``, never following links into
+        folders: regular files are read; a folder that cannot be listed gets an error row in
+        place of its contents; a symbolic link to a regular file inside the landing folder is
+        read through its resolved target, any other link (dangling, a loop, outside the landing
+        folder, to a folder or a non-regular file) gets an error; FIFOs, sockets and devices get
+        an error without being opened; a name that is not valid UTF-8 gets an error, its bad
+        bytes shown as backslash escapes.
 
-        * regular file: read;
-        * folder: recursed; one that cannot be listed (``PermissionError``...) gets an error
-          row in place of its contents;
-        * symbolic link: resolved with ``os.path.realpath``; a link to a regular file inside
-          the landing folder (the ``realpath`` of ``raw/YYYY-MM-DD``) is read through its
-          resolved target, with the target's size; a dangling link, a link loop, a link
-          resolving outside the landing folder (refused, never read), a link to a folder (not
-          followed) or to a non-regular file get an error;
-        * FIFO, socket, character or block device: an error (never opened: a FIFO would block);
-        * a name that is not valid UTF-8 cannot be stored in the tables: an error, with
-          ``path`` and ``relative_path`` showing the bad bytes as backslash escapes.
-
-        Object stores (one ``find`` listing; relative paths are the keys with the folder's
-        exact prefix removed, never normalized):
-
-        * folder markers (keys ending in ``/`` with 0 bytes, as consoles create) are ignored;
-        * a key with an empty, ``.`` or ``..`` segment (``a//b``, ``a/../b``, a key ending in
-          ``/`` that holds bytes) gets an error: it would alias another path;
-        * a key containing ``?versionId=`` gets an error: s3fs parses what follows as an
-          object version and would read another key (rename the object);
-        * other keys are read, whatever their characters (spaces, non-ASCII, ``?``, ``#``).
+        Object stores are listed with one ``find``; relative paths are the keys less the folder's
+        exact prefix, never normalized. Folder markers (keys ending in ``/``, 0 bytes) are
+        ignored; a key with an empty, ``.`` or ``..`` segment (it would alias another path) or
+        containing ``?versionId=`` (s3fs would read an object version) gets an error; every
+        other key is read, whatever its characters.
 
         Args:
             partition_key: The daily partition, ``YYYY-MM-DD``.
@@ -234,11 +222,8 @@ class Storage:
     def makedirs(self, path: str) -> None:
         """Create a local folder and its parents; nothing on object stores.
 
-        Object stores have no folders: a key's PUT is enough. s3fs's ``makedirs`` would send a
-        HeadBucket first and, when that fails for any reason (a role whose ``s3:ListBucket`` is
-        limited to the root's prefix, which denies HeadBucket, or a transient error), try to
-        create the bucket: a failed write where the role may not create buckets, a new bucket
-        where it may, and one more request per write everywhere.
+        A key's PUT needs no folder, and s3fs's ``makedirs`` may try to create the bucket when
+        its HeadBucket fails (docs/ARCHITECTURE.md, "core/storage.py").
         """
         if self.is_local:
             self.fs.makedirs(path, exist_ok=True)

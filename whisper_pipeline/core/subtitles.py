@@ -1,25 +1,13 @@
 """Subtitle cues from a transcript's segments and words, rendered as SubRip (SRT) and WebVTT.
 
-Dagster-free: pure functions over rows of ``transcript_segments`` and ``transcript_words``
-(dicts, as ``pyarrow.Table.to_pylist`` gives them), times in seconds from the file's start.
-
-The cue rules (``build_cues``):
-
-* a line holds at most ``MAX_LINE_CHARS`` characters and a cue at most ``MAX_LINES`` lines; text
-  stays on one line when it fits (a line is longer only when it is a single word longer than
-  the limit: a word is never split);
-* words are joined by a space, except those the segment's text writes attached (``self`` and
-  ``-substantial``, text without spaces such as Chinese or Japanese): these are joined as
-  written and separated only where a line must break;
-* a cue lasts at most ``MAX_CUE_S`` seconds and, where the next cue leaves room, at least
-  ``MIN_CUE_S``;
-* cues are timed by the words when a segment has them (start of its first word, end of its
-  last); a segment without words has its text spread over its span in proportion to each
-  word's characters;
-* cue and line breaks prefer, in this order: a segment's end or a pause, the end of a sentence,
-  a clause's punctuation, the place before a conjunction or preposition; among breaks as good,
-  fewer and evenly filled cues win (one dynamic-programming pass per file);
-* cues are in time order and never overlap, and lie within the file when its duration is known.
+Pure functions over ``transcript_segments`` and ``transcript_words`` rows (dicts), times in
+seconds from the file's start. Cue rules (``build_cues``): at most ``MAX_LINE_CHARS`` a line
+(a single longer word is never split) and ``MAX_LINES`` lines a cue; words joined as the
+segment's text writes them; at most ``MAX_CUE_S`` and, where the next cue leaves room, at least
+``MIN_CUE_S`` a cue; timed by the words (a segment without words shares its span by characters);
+breaks prefer a segment's end or a pause, then a sentence's end, a clause mark, the place before
+a conjunction or preposition, with fewer and evenly filled cues among equals (one
+dynamic-programming pass); cues in time order, never overlapping, within the file.
 """
 
 import re

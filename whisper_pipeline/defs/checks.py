@@ -1,11 +1,9 @@
-"""Asset checks on a partition's tables, run before they are published.
+"""Asset checks on a partition's tables, evaluated before they are published.
 
-They are ``check_specs`` of ``transcript_tables``, evaluated by its ``write_tables`` step on
-the tables it built: no step process of their own, and a table that breaks its contract is never
-published. Each result is reported under its own check name. The ``CHECKS`` are blocking errors
-(the tables break their contract): the step then fails and publishes nothing. The ``WARNINGS``
-are non-blocking warnings about the partition's data (files that failed, a day with nothing
-landed), shown on the asset in the UI.
+They are ``check_specs`` of ``transcript_tables``, evaluated by ``write_tables`` on the tables it
+built, so a table that breaks its contract is never published. ``CHECKS`` are blocking (the step
+fails and publishes nothing); ``WARNINGS`` are non-blocking notes about the partition's data
+(failed files, a day with nothing landed).
 """
 
 from collections.abc import Iterator, Sequence
@@ -173,9 +171,6 @@ def check_results(
     kept: Sequence[KeptFile] = (),
 ) -> Iterator[dg.AssetCheckResult]:
     """Row-count, coverage, empty-text, schema, failed-file and empty-day checks on a partition.
-
-    ``write_tables`` runs them on the tables it is about to publish, in its own step: a table
-    that breaks its contract never replaces the published one.
 
     Args:
         tables: The partition's tables by name (``TABLE_SCHEMAS``), as built.

@@ -1,35 +1,12 @@
 """Runs whose process died: marked failed and their pool slots freed, so they never block a pool.
 
-A run launched from the CLI (``dagster asset materialize``) has no run launcher that run
-monitoring could ask about its worker, so when that process is SIGKILLed (OOM killer, lost
-terminal, ``kill -9``) the run stays ``STARTED`` and keeps its ``gpu`` pool slot forever: every
-later run waits at "Step blocked by limit for pool gpu". Dagster records the orchestrating
-process's pid (in the run's ``RUN_START`` event) but not its host, so:
-
-* ``record_orchestrator``, called at the start of ``audio_manifest`` (the first step of every
-  run of the asset job, well before ``transcribe_shard`` claims a slot), tags the run with the
-  orchestrator's host, pid namespace, pid and process start time, when the step runs on the
-  orchestrator's host (the orchestrator is the step process or one of its ancestors, as with the
-  multiprocess executor).
-* ``dead_run_sensor``, evaluated by the daemon (``dagster dev`` and production run it), finds
-  in-progress runs tagged for its own host whose orchestrator is gone (no such pid, a zombie, or
-  a reused pid with another start time) and none of whose step processes is still alive, marks
-  them failed and frees their pool slots at once; it also frees the slots still held by runs
-  of its host that ended (failed by run monitoring, say) with no step process alive.
-* Step processes never outlive their run: each is SIGKILLed when the executor's forkserver
-  ends, which it does with the run's process (``whisper_pipeline.execution.preload``).
-
-Bound: with the daemon running, a dead run is failed and its slots freed at the sensor's next
-tick, within ``DEAD_RUN_SENSOR_INTERVAL_S`` (30 s) plus the daemon's sensor loop (it wakes every
-5 s) and the tick itself (about 1 s): 36 s. A step waiting for the slot re-checks its claim at
-most 15 s later (Dagster's blocked-claim back-off). Run monitoring's
-``free_slots_after_run_end_seconds`` stays as the backstop for runs failed some other way; it
-acts at run monitoring's ``poll_interval_seconds`` (120 s by default).
-
-Runs on other hosts or in other pid namespaces (Kubernetes, Celery, Docker launchers) carry
-other tags and are left to their launchers' run monitoring. Without a daemon (a bare CLI run),
-nothing watches: keep ``dagster-daemon run`` (or ``dagster dev``) running beside CLI runs, or end
-the dead run by hand (the UI's forced termination, or ``dagster run delete -f <run id>``).
+``record_orchestrator`` (called by the run's first step) tags a run with its orchestrating
+process's host, pid namespace, pid and start time when that process is the step's own or an
+ancestor. ``dead_run_sensor`` (run by the daemon) fails in-progress runs tagged for its host whose
+orchestrator is gone and none of whose step processes is alive, and frees the slots still held
+by ended runs of its host with no step alive. Runs of other hosts or pid namespaces are left to
+their launchers' run monitoring; without a daemon nothing watches. Why, and the time bound:
+docs/ARCHITECTURE.md, section "defs/dead_runs.py".
 """
 
 import os
@@ -225,13 +202,10 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
     """Free the pool slots still held by ended runs of this host none of whose steps is alive.
 
-    A run failed by someone else (run monitoring fails a daemon-launched run whose worker died
-    within seconds) keeps its slots until run monitoring frees them,
-    ``free_slots_after_run_end_seconds`` after the failure at its next poll (120 s by default):
-    a queued run's transcription waits that long for nothing. A slot is freed only when the run
-    has ended, ran on this host (``record_orchestrator``'s tags) and no process of its steps is
-    alive, so a step still decoding keeps its slot. Runs of other hosts are left to run
-    monitoring.
+    A run failed by someone else (run monitoring, say) otherwise keeps its slots until run
+    monitoring's ``free_slots_after_run_end_seconds``. A slot is freed only when the run has
+    ended, ran on this host (``record_orchestrator``'s tags) and no process of its steps is
+    alive, so a step still decoding keeps its slot.
 
     Args:
         instance: The Dagster instance whose pools are checked.
@@ -267,8 +241,8 @@ def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
 def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     """Fail runs whose orchestrating process on this host died, and free their pool slots.
 
-    Requests no runs (it has no target); it only acts on the instance. See ``sensors`` for the
-    detection rules and the time bound.
+    Requests no runs (it has no target); it only acts on the instance (rules in this module's
+    docstring).
     """
     if not _on_linux():
         return dg.SkipReason("dead_run_sensor needs /proc (Linux); runs are left alone")

@@ -1,49 +1,14 @@
 """Landing folders observed: every daily partition stays equal to its landing folder.
 
-Files land late (an upload retried the next morning), get deleted (a recording withdrawn) or
-replaced (a re-export). ``landing_zone_sensor`` and the nightly schedule (``schedules.py``) both
-judge the partitions of a lookback window with ``landing_states``, one rule for both:
-
-* **Window**: the ``WHISPER_PIPELINE_LOOKBACK_DAYS`` (default 7, read at every evaluation) most
-  recent complete daily partitions, yesterday always included.
-* **Fingerprint**: ``Storage.listing_fingerprint``, a hash of the landing folder's listing
-  (relative path, size, ETag or modification time of each entry; nothing is read). The
-  ``audio_manifest`` materialization records the fingerprint of the listing it staged
-  (``landing_fingerprint`` metadata, taken before listing, so a file landing meanwhile makes the
-  next evaluation run the partition again rather than be missed).
-* **Stale**: the folder exists and its fingerprint differs from the one the published tables
-  were built from: the latest ``audio_manifest`` materialization's fingerprint, counted only when
-  all three tables were materialized after it (a run that staged the manifest and then failed
-  leaves the partition stale). A partition never materialized is stale when its folder is not
-  empty. A partition whose folder is missing is never stale (``audio_manifest`` refuses to
-  publish empty tables over a missing folder), nor one that a queued or running
-  ``transcribe_partition`` run is already transcribing with this exact fingerprint (run tag
-  ``LANDING_FINGERPRINT_TAG``).
-
-A run of a stale partition rebuilds it from its folder: only new or changed contents are
-transcribed (the result cache is keyed by content), rows of deleted files disappear because the
-partition's tables are replaced.
-
-**Requests.** The sensor requests each stale partition once per listing: its cursor is a JSON
-object mapping partition key to the fingerprint last requested (entries leave it when their
-partition leaves the window), so later ticks over the same listing launch nothing, and a run
-that fails is not relaunched every two minutes (the nightly schedule retries it). Run keys are
-``{partition}:{fingerprint}:{storage id of the manifest materialization compared with}`` (0 when
-none): Dagster skips a request whose key a run of the same sensor already carries, so a lost
-cursor never duplicates a run, while a listing that comes back to an earlier state after another
-run (a file deleted, then uploaded again with the same ETag) gets a new key and is rebuilt. The
-schedule requests yesterday (always, as before) plus every stale partition; Dagster scopes a
-schedule's run keys to the scheduled time, so re-evaluating one tick launches nothing twice
-while the next night retries what is still stale.
-
-**Backfill policy.** Both assets declare ``BackfillPolicy.multi_run(1)``: one run per partition.
-A failure or a kill then loses one day, not the range, and each day's result is published as
-soon as its run ends; the per-partition runs queue behind the ``gpu`` pool (limit 1), so model
-loads never overlap. ``single_run`` would load the model once for the whole range, but a model
-load (seconds, about 10 s for large-v3 on a GPU) is small against a day of audio, and cached
-contents are not transcribed again anyway; it would also need both assets rewritten to loop over
-``context.partition_key_range`` (they read ``context.partition_key``, which a multi-partition
-run does not have).
+``landing_zone_sensor`` and the nightly schedule (``schedules.py``) judge the partitions of the
+lookback window (``WHISPER_PIPELINE_LOOKBACK_DAYS``, yesterday included) with one rule,
+``landing_states``: a partition is stale when its folder exists and its listing fingerprint
+(``Storage.listing_fingerprint``) differs from the one its published tables were built from,
+unless a queued or running run already covers that listing. A partition whose folder is missing
+is never stale. Run keys are ``{partition}:{fingerprint}:{manifest storage id}``; the sensor's
+cursor maps each partition to the fingerprint last requested. Every asset declares
+``BackfillPolicy.multi_run(1)``. Rationale: docs/ARCHITECTURE.md, sections "defs/landing.py"
+and "Backfill policy".
 """
 
 import json
@@ -91,9 +56,8 @@ MANIFEST_KEY = dg.AssetKey("audio_manifest")
 
 TABLE_KEYS = tuple(dg.AssetKey(name) for name in (*TABLE_SCHEMAS, "subtitle_files"))
 """What must be published after the manifest for its fingerprint to count: every table and the
-subtitle exports. A partition published before an output existed (``transcript_words``) is
-stale, so the nightly schedule and the sensor rebuild it within the lookback window; so is one
-whose subtitles failed after its tables were published."""
+subtitle exports, so a partition missing one (subtitles that failed, a table added since) is
+stale."""
 
 PENDING_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
@@ -176,7 +140,11 @@ class LandingState:
 
     @property
     def stale(self) -> bool:
-        """Whether the partition must be rebuilt from its folder (see the module's rule)."""
+        """Whether the partition must be rebuilt from its folder.
+
+        The folder exists, no queued or running run covers this listing, and the listing
+        differs from ``recorded`` (a partition never materialized: its folder is not empty).
+        """
         if self.fingerprint is None or self.in_flight:
             return False
         if self.since == 0:
@@ -320,7 +288,8 @@ def landing_zone_sensor(
     """Run every recent partition whose landing folder changed since it was last materialized.
 
     Late, deleted or replaced files under ``raw/YYYY-MM-DD/`` within the lookback window request
-    one ``transcribe_partition`` run of that day per listing (see this module's docstring).
+    one ``transcribe_partition`` run of that day per listing; a run that fails is not requested
+    again for the same listing (the nightly schedule retries it).
     """
     keys = lookback_window(datetime.now(UTC), lookback_days())
     store = storage.get()

@@ -29,16 +29,12 @@ def nightly_transcription_schedule(
 ) -> list[dg.RunRequest] | dg.SkipReason:
     """02:00 UTC: yesterday's partition, plus every stale partition of the lookback window.
 
-    Daily partitions end at midnight, so the last complete partition is yesterday's; it is
-    requested every night its landing folder exists (an empty folder publishes a day without
-    audio). A day with no folder and no published tables (a weekend without uploads) is skipped
-    with a ``SkipReason`` that names it; a day with no folder whose tables were published
-    before is still requested, so ``audio_manifest`` fails loudly on the vanished folder. Any
-    other partition of the last ``WHISPER_PIPELINE_LOOKBACK_DAYS`` (default 7) whose landing
-    folder changed since its tables were built, or whose last run failed after staging, is
-    requested too (the rule is ``whisper_pipeline.defs.landing``'s, shared with
-    ``landing_zone_sensor``). Run keys name the partition and its listing; Dagster scopes them
-    to the scheduled time, so re-evaluating a tick launches nothing twice.
+    Yesterday (the last complete daily partition) is requested when its landing folder exists
+    (an empty folder publishes a day without audio) or its tables were published before (so
+    ``audio_manifest`` fails loudly on the vanished folder); a day with neither is skipped with
+    a ``SkipReason`` that names it. Staleness is ``whisper_pipeline.defs.landing``'s rule, shared
+    with ``landing_zone_sensor``; Dagster scopes run keys to the scheduled time, so
+    re-evaluating a tick launches nothing twice.
     """
     keys = lookback_window(context.scheduled_execution_time, lookback_days())
     store = storage.get()

@@ -128,7 +128,7 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
     group_name="staging",
     kinds={"python", "parquet"},
     op_tags=CPU_OP_TAGS,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.defs.landing
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # docs/ARCHITECTURE.md, "Backfill policy"
 )
 def audio_manifest(
     context: dg.AssetExecutionContext, storage: StorageResource, whisper: WhisperModelResource

@@ -64,7 +64,7 @@ def remove_stale(store: Storage, folder: str, keep: set[str]) -> list[str]:
     kinds={"srt", "vtt"},
     retry_policy=STORAGE_RETRY,
     op_tags=CPU_OP_TAGS,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.defs.landing
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # docs/ARCHITECTURE.md, "Backfill policy"
 )
 def subtitle_files(
     context: dg.AssetExecutionContext,

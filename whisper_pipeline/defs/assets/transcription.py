@@ -70,14 +70,13 @@ CHECK_OUTPUTS = [spec.get_python_identifier() for spec in CHECK_SPECS]
 """``write_tables``' output name of each asset check, as Dagster names a check's output."""
 
 CPU_MIN_AUDIO_S_PER_SHARD = 1800.0
-"""Audio per shard when the model runs on CPU. There transcription is far slower than
-preprocessing, so overlapping them saves little, while every extra shard costs two step
-processes, a model load and emptier batches: the corpus partition ran fastest as one shard
-(timings in ``benchmarks/RESULTS.md``)."""
+"""Least audio per shard in seconds when the model runs on CPU: most partitions are one shard,
+as each extra shard costs two step processes and a model load (``benchmarks/RESULTS.md``,
+"Shard size on CPU")."""
 
 GPU_MIN_AUDIO_S_PER_SHARD = 300.0
-"""Audio per shard when the model runs on CUDA, where transcription is about as fast as one
-core's preprocessing and shards must preprocess in parallel to keep the GPU busy."""
+"""Least audio per shard in seconds when the model runs on CUDA, where shards preprocess in
+parallel to keep the GPU busy."""
 
 
 class WriteTablesConfig(dg.Config):
@@ -183,16 +182,9 @@ def preprocess_shard(
     """Decode, downmix, resample to 16 kHz, VAD-split and featurize a shard.
 
     A file that cannot be decoded, decodes to no samples, or decodes to much less than its
-    header declares (a truncated upload) is recorded as failed with the reason.
-
-    Memory does not grow with a file's length: each file is decoded into a local 16-bit PCM
-    spool (``audio.spool``), VAD-scanned in blocks and sliced one chunk at a time
-    (``chunking.split_spooled``); features go straight to storage. The step's peak RSS is in
-    its output metadata.
-
-    Writes the shard's three staging files (``core.staging``): the chunks' log-mel features,
-    where each chunk's frames are with its speech regions, and per file the decoded duration,
-    the speech found and ``failed``/``no_speech`` with a reason.
+    header declares (a truncated upload) is recorded as failed with the reason. Memory does not
+    grow with a file's length (``core.preprocess``); the step's peak RSS is in its output
+    metadata. Writes the shard's three staging files (``core.staging``).
     """
     started = time.perf_counter()
     store = storage.get()
@@ -241,14 +233,10 @@ def preprocess_shard(
 
 
 WAVE_BATCHES = 8
-"""Full 30 s windows' worth of frames in a wave (``core.staging.chunk_waves``), the unit a
-transcription step reads and holds (at most two waves at once,
-``BatchTranscriber.transcribe_waves``): enough for every CTranslate2 worker to have several
-batches in hand, few enough that the feature pages a step keeps resident do not grow with the
-shard. Counted in frames, not chunks, so a wave of short clips holds as many of them as the
-same memory allows, and they pack into shared windows as the in-process core packs them: in
-waves of 64 chunks the 120 short clips split in two waves, the shortest clips crowded together
-in the second, and Whisper ran them into shared segments more often (``benchmarks/RESULTS.md``)."""
+"""A wave's size in first-pass batches of full 30 s windows (``core.staging.chunk_waves``): the
+unit a transcription step reads and holds, at most two at once
+(``BatchTranscriber.transcribe_waves``). Counted in frames, not chunks, so a wave's feature
+memory is bounded whatever the chunks' lengths (docs/ARCHITECTURE.md, "core/staging.py")."""
 
 
 FRAMES_PER_SECOND = 100
@@ -545,7 +533,7 @@ def table_out(name: str) -> dg.AssetOut:
     check_specs=CHECK_SPECS,
     partitions_def=daily_partitions,
     group_name="transcripts",
-    backfill_policy=dg.BackfillPolicy.multi_run(1),  # see whisper_pipeline.defs.landing
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # docs/ARCHITECTURE.md, "Backfill policy"
 )
 def transcript_tables(audio_manifest):
     """Preprocess shards on CPU in parallel, transcribe them in micro-batches, publish tables."""
