@@ -31,7 +31,8 @@ from pathlib import Path
 
 from devtools.commands import backfill_command, materialize_command, running_daemon
 from devtools.instance import BASE_INSTANCE
-from whisper_pipeline.defs.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
+from whisper_pipeline.defs.jobs import TRANSCRIBE_JOB_NAME
+from whisper_pipeline.defs.landing import LOOKBACK_ENV
 from whisper_pipeline.defs.metrics import step_intervals
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -5,11 +5,12 @@ one partition and materialized through the Dagster CLI twice per plan, each time
 ``DAGSTER_HOME`` (this repository's ``deploy/dagster.yaml``) and storage root:
 
 * **multiprocess**: profile ``local``: the multiprocess executor, one process per step forked
-  from its forkserver (``definitions.EXECUTOR_CONFIG``), at most 2 steps at once on 2 cores.
+  from its forkserver (``execution.multiprocess.EXECUTOR_CONFIG``), at most 2 steps at once on
+  2 cores.
 * **celery**: profile ``celery``: a loopback ``redis-server`` (broker and result backend), one
   ``cpu`` worker of concurrency 1 and one ``gpu`` worker of concurrency 1
-  (``celery_app.worker_command``), so 2 steps at once as well. The workers are started and
-  ready before the clock starts (they are long-lived in a deployment); their start-up is
+  (``devtools.celery_workers.worker_command``), so 2 steps at once as well. The workers are
+  started and ready before the clock starts (they are long-lived in a deployment); their start-up is
   printed apart.
 
 Plans: ``default`` is ``plan_shards``' default (on CPU at least 30 minutes of audio per shard:
@@ -45,9 +46,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from devtools.celery_workers import running_worker
 from devtools.commands import materialize_command
 from devtools.instance import BASE_INSTANCE
-from whisper_pipeline.execution.celery import BROKER_ENV, running_worker
+from whisper_pipeline.execution.celery import BROKER_ENV
 from whisper_pipeline.execution.placement import CPU_QUEUE, GPU_QUEUE
 from whisper_pipeline.execution.profiles import CELERY, LOCAL, PROFILE_ENV
 

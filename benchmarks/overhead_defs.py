@@ -14,9 +14,10 @@ import os
 import dagster as dg
 
 from whisper_pipeline import definitions
+from whisper_pipeline.execution import multiprocess
 
 method = os.environ.get("OVERHEAD_START_METHOD", "forkserver")
-config = dict(definitions.EXECUTOR_CONFIG)
+config = dict(multiprocess.EXECUTOR_CONFIG)
 if method == "spawn":
     config["start_method"] = {"spawn": {}}
 elif method == "forkserver-no-pyarrow":
@@ -30,5 +31,5 @@ defs = dg.Definitions(
     schedules=definitions.defs.schedules,
     sensors=definitions.defs.sensors,
     resources=definitions.defs.resources,
-    executor=definitions.multiprocess_executor.configured(config),
+    executor=multiprocess.multiprocess_executor.configured(config),
 )

@@ -3,7 +3,7 @@
 Tags an executor does not know are ignored, so the same ops carry all of them:
 
 - ``whisper_pipeline/accelerator``: the multiprocess executor's ``tag_concurrency_limits``
-  (``definitions.EXECUTOR_CONFIG``) hold the ``gpu`` value to one step at a time per run.
+  (``execution.multiprocess.EXECUTOR_CONFIG``) hold the ``gpu`` value to one step at a time per run.
 - ``dagster-celery/queue``: the Celery queue a step is sent to (``celery`` profile). CPU steps
   go to ``cpu``, transcription to ``gpu``, served by one worker process per GPU.
 - ``dagster-k8s/config``: the pod of a step's Kubernetes Job (``k8s`` profile): CPU and memory

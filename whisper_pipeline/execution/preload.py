@@ -34,8 +34,8 @@ import threading
 
 PRELOADED = (
     # Dagster's multiprocess executor imports this first of all when no preload list names it;
-    # the executor's list (``definitions.EXECUTOR_CONFIG``) names it after this module, so it is
-    # imported here, with the collector paused, instead.
+    # the executor's list (``execution.multiprocess.EXECUTOR_CONFIG``) names it after this
+    # module, so it is imported here, with the collector paused, instead.
     "dagster._core.executor.multiprocess",
     "dagster",
     "dagster._core.storage.root",
