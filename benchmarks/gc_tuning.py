@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
+from benchmarks.common import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
 from devtools.commands import materialize_command
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 
 UNTUNED = "import gc\n\ngc.freeze = lambda: None\ngc.disable = lambda: None\n"
 
@@ -51,9 +51,8 @@ def main() -> None:
             target = root / "raw" / PARTITION / item.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(item.path, target)
-        home.mkdir()
+        fresh_dagster_home(home)
         site.mkdir()
-        shutil.copy(BASE_INSTANCE, home)
         (site / "sitecustomize.py").write_text(UNTUNED)
         tuned = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
         paths = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]

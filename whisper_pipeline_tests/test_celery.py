@@ -19,7 +19,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from devtools.celery_workers import running_worker
 from devtools.commands import materialize_command
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 from whisper_pipeline.defs.metrics import step_intervals
 from whisper_pipeline.execution.celery import (
     BACKEND_ENV,
@@ -84,8 +84,7 @@ def landed(tmp: Path, corpus: Path) -> tuple[Path, Path]:
     root, home = tmp / "root", tmp / "home"
     landing = root / "raw" / PARTITION
     landing.mkdir(parents=True)
-    home.mkdir()
-    shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
+    fresh_dagster_home(home)
     for clip in CLIPS:
         shutil.copy(corpus / clip, landing / Path(clip).name)
     return root, home

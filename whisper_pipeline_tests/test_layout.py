@@ -6,6 +6,7 @@ Wings, lowest first: ``core`` (no Dagster), ``resources``, ``execution``, ``defs
 """
 
 import ast
+import importlib
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,10 @@ def test_the_wheel_holds_the_package_without_devtools_and_loads_the_code_locatio
     location, devtools = loaded.stdout.split()
     assert location.startswith(str(tmp_path / "site")), location
     assert devtools == "None"
+
+
+def test_every_benchmark_and_devtool_imports():
+    # Nothing in CI runs them whole; an import they lost must still fail here.
+    for folder in ("benchmarks", "devtools"):
+        for path in sorted((REPOSITORY / folder).glob("*.py")):
+            importlib.import_module(f"{folder}.{path.stem}")
