@@ -1,33 +1,11 @@
 """The ``k8s`` profile: one Kubernetes Job per step, through dagster-k8s's ``k8s_job_executor``.
 
-A run starts as a run-worker pod (the instance's ``K8sRunLauncher``, deployed by Dagster's Helm
-chart, ``deploy/helm/values.yaml``); its executor, ``k8s_executor`` below, then creates one
-Kubernetes Job per step. Each step pod's spec is merged by dagster-k8s from five layers, later
-ones winning (``K8sStepHandler._get_container_context``; dicts are merged key by key, lists such
-as ``env`` and ``tolerations`` are appended without duplicates, scalars are replaced):
-
-1. the instance's ``K8sRunLauncher`` (Helm ``runLauncher.config.k8sRunLauncher``): namespace,
-   service account, ``env_*``, ``resources``, ``run_k8s_config``;
-2. the code location's container context (Helm user deployment, ``includeConfigInLaunchedRuns``):
-   its env ConfigMap (``WHISPER_PIPELINE_*``), namespace, service account and ``resources``;
-3. this executor's config (``K8S_EXECUTOR_CONFIG``): env vars and ``step_k8s_config``
-   (a security context);
-4. the op's ``dagster-k8s/config`` tag (``whisper_pipeline.execution.placement``): CPU and memory
-   requests of CPU steps; one ``nvidia.com/gpu``, the GPU node selector and toleration of
-   transcription;
-5. the executor's ``per_step_k8s_config`` (unused here).
-
-The step image is the code location's own (``DAGSTER_CURRENT_IMAGE`` of the user deployment, which
-the run carries), and the namespace the run launcher's or the code location's, so neither is set
-here: the run worker that resolves this config does not have the code server's environment, and
-a step in another image than its code server would load other code. AWS credentials are never
-configured anywhere: pods take them from their Kubernetes service account's IAM role (IRSA), which
-the EKS webhook injects when a pod is admitted (``AWS_ROLE_ARN``,
-``AWS_WEB_IDENTITY_TOKEN_FILE``), and s3fs reads them at run time.
-
-``devtools.k8s_preview.step_job_manifests`` builds, without a cluster, the Job manifest
-dagster-k8s would create for every step of a partition's run. Importing this module needs no
-cluster and no kubeconfig.
+Runs start as run-worker pods (the instance's ``K8sRunLauncher``, Dagster's Helm chart); the
+executor then creates one Job per step, whose pod spec dagster-k8s merges from the run
+launcher, the code location's container context, ``K8S_EXECUTOR_CONFIG`` and the op's
+``dagster-k8s/config`` tag (``execution.placement``), later layers winning (docs/DEPLOY.md).
+Image and namespace are the code location's; AWS credentials come from the service account's
+IAM role. Importing this module needs no cluster and no kubeconfig.
 """
 
 from dagster_k8s import k8s_job_executor

@@ -37,17 +37,13 @@ EXECUTOR_CONFIG = {
 def _create_multiprocess_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
     """Dagster's multiprocess executor, with huge pages for ``malloc`` in its step processes.
 
-    Runs in the run's process before any step starts, so the forkserver the executor execs,
-    and every step process forked from it, reads ``glibc.malloc.hugetlb=1``
-    (``core.memory.hugepage_malloc_tunables``: the corpus partition's transcription step 10%
-    faster); the run's own ``malloc`` is left as it is.
-
-    It also freezes the run process's objects (``gc.freeze``): Dagster, the code location and
-    the instance, all alive until the run ends. The process then only polls its steps, and its
-    exit no longer collects them: 0.5-0.7 s less after a CLI partition's last event
-    (``benchmarks/cli_timeline.py``). The objects are not collected, even as garbage, for the
-    rest of the process: nothing for a run process, a bounded few thousand per
-    ``execute_job`` in a process that runs many.
+    Runs in the run's process before any step starts, so the forkserver the executor execs, and
+    every step process forked from it, reads ``glibc.malloc.hugetlb=1``
+    (``core.memory.hugepage_malloc_tunables``); the run's own ``malloc`` is left as it is. It
+    also freezes the run process's objects (``gc.freeze``: Dagster, the code location, the
+    instance, alive until the run ends), so its exit does not collect them; they are never
+    collected, even as garbage (a bounded few thousand per ``execute_job`` in a process that
+    runs many). ``benchmarks/RESULTS.md``, "Collector tuning", measures both.
     """
     gc.freeze()
     hugepage_malloc_tunables()
