@@ -331,18 +331,25 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
+def cpu_model() -> str:
+    """The CPU's model name as ``/proc/cpuinfo`` gives it (``lscpu``'s), else the platform's."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info(config: ModelConfig) -> dict:
     """CPU, cores, memory, GPU (when used), library versions and the date."""
     from whisper_pipeline.resources.whisper import usable_cores
 
-    cpu = platform.processor() or "unknown"
+    cpu = cpu_model()
     memory = "unknown"
     try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                cpu,
-            )
         with open("/proc/meminfo") as handle:
             total_kib = int(next(line for line in handle if line.startswith("MemTotal")).split()[1])
             memory = f"{total_kib / 2**20:.1f} GiB"

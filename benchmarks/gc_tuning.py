@@ -14,7 +14,6 @@ pipeline's own: process start-up, imports, steps, publishing.
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -22,7 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
+from benchmarks.common import (
+    DEFAULT_OUT,
+    INPUT_SETS,
+    PARTITION,
+    REPOSITORY,
+    cpu_model,
+    load_input_set,
+)
 from devtools.commands import materialize_command
 from devtools.harness import fresh_dagster_home
 
@@ -62,7 +68,7 @@ def main() -> None:
         for _ in range(args.repeats):
             walls["tuned"].append(materialize(tuned))
             walls["untuned"].append(materialize(untuned))
-    print(f"{len(inputs)} files ({args.inputs}), {platform.processor() or platform.machine()},")
+    print(f"{len(inputs)} files ({args.inputs}), {cpu_model()},")
     print(f"first run (model) {first:.1f} s; cached re-runs, {args.repeats} each, alternating:\n")
     print("| mode | median s | mean s | min s | max s |\n|---|--:|--:|--:|--:|")
     for mode, values in walls.items():
