@@ -22,11 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
+from benchmarks.common import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
 from devtools.commands import materialize_command
-from devtools.instance import BASE_INSTANCE
-
-MARKS = ("STEP_WORKER_STARTING", "STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
+from devtools.harness import fresh_dagster_home, step_marks
 
 
 def stage(landing: Path, input_set: str) -> int:
@@ -52,8 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cli_timeline_") as tmp:
         root, home = Path(tmp) / "root", Path(tmp) / "home"
         count = stage(root / "raw" / PARTITION, args.inputs)
-        home.mkdir()
-        shutil.copy(BASE_INSTANCE, home)
+        fresh_dagster_home(home)
         env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
         started = time.time()
         command = materialize_command(PARTITION, "--config-json", json.dumps(run_config))
@@ -62,13 +59,10 @@ def main() -> None:
         instance = DagsterInstance.from_config(str(home))
         (run,) = instance.get_runs()
         records = instance.all_logs(run.run_id)
-    steps: dict[str, dict[str, float]] = {}
-    for record in records:
-        event = record.dagster_event
-        if event is not None and event.step_key and event.event_type.value in MARKS:
-            steps.setdefault(event.step_key, {})[event.event_type.value] = (
-                record.timestamp - started
-            )
+        steps = {
+            step: {mark: at - started for mark, at in marks.items()}
+            for step, marks in step_marks(instance, run.run_id).items()
+        }
     first = min(record.timestamp for record in records) - started
     last = max(record.timestamp for record in records) - started
     print(f"{count} files, `dagster asset materialize` {wall:.1f} s\n")

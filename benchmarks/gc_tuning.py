@@ -14,7 +14,6 @@ pipeline's own: process start-up, imports, steps, publishing.
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -22,9 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import DEFAULT_OUT, INPUT_SETS, PARTITION, REPOSITORY, load_input_set
+from benchmarks.common import (
+    DEFAULT_OUT,
+    INPUT_SETS,
+    PARTITION,
+    REPOSITORY,
+    cpu_model,
+    load_input_set,
+)
 from devtools.commands import materialize_command
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 
 UNTUNED = "import gc\n\ngc.freeze = lambda: None\ngc.disable = lambda: None\n"
 
@@ -51,9 +57,8 @@ def main() -> None:
             target = root / "raw" / PARTITION / item.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(item.path, target)
-        home.mkdir()
+        fresh_dagster_home(home)
         site.mkdir()
-        shutil.copy(BASE_INSTANCE, home)
         (site / "sitecustomize.py").write_text(UNTUNED)
         tuned = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
         paths = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -63,7 +68,7 @@ def main() -> None:
         for _ in range(args.repeats):
             walls["tuned"].append(materialize(tuned))
             walls["untuned"].append(materialize(untuned))
-    print(f"{len(inputs)} files ({args.inputs}), {platform.processor() or platform.machine()},")
+    print(f"{len(inputs)} files ({args.inputs}), {cpu_model()},")
     print(f"first run (model) {first:.1f} s; cached re-runs, {args.repeats} each, alternating:\n")
     print("| mode | median s | mean s | min s | max s |\n|---|--:|--:|--:|--:|")
     for mode, values in walls.items():

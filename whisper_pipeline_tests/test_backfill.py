@@ -18,7 +18,8 @@ import duckdb
 import pytest
 
 from devtools.commands import backfill_command, running_daemon
-from whisper_pipeline.defs.landing import LOOKBACK_ENV, TRANSCRIBE_JOB_NAME
+from whisper_pipeline.defs.jobs import TRANSCRIBE_JOB_NAME
+from whisper_pipeline.defs.landing import LOOKBACK_ENV
 from whisper_pipeline.defs.metrics import step_intervals
 from whisper_pipeline.execution.placement import GPU_POOL
 from whisper_pipeline_tests.conftest import REPOSITORY

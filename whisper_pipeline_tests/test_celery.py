@@ -17,8 +17,9 @@ import duckdb
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
+from devtools.celery_workers import running_worker
 from devtools.commands import materialize_command
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 from whisper_pipeline.defs.metrics import step_intervals
 from whisper_pipeline.execution.celery import (
     BACKEND_ENV,
@@ -27,7 +28,6 @@ from whisper_pipeline.execution.celery import (
     CeleryConfigError,
     celery_settings,
     make_worker_app,
-    running_worker,
 )
 from whisper_pipeline.execution.placement import CPU_QUEUE, GPU_POOL, GPU_QUEUE
 from whisper_pipeline.execution.profiles import CELERY, PROFILE_ENV
@@ -84,8 +84,7 @@ def landed(tmp: Path, corpus: Path) -> tuple[Path, Path]:
     root, home = tmp / "root", tmp / "home"
     landing = root / "raw" / PARTITION
     landing.mkdir(parents=True)
-    home.mkdir()
-    shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
+    fresh_dagster_home(home)
     for clip in CLIPS:
         shutil.copy(corpus / clip, landing / Path(clip).name)
     return root, home
@@ -209,7 +208,7 @@ def test_worker_app_and_executor_share_the_broker_and_acknowledge_late(monkeypat
     from whisper_pipeline.definitions import build_resources
     from whisper_pipeline.defs.assets.manifest import audio_manifest
     from whisper_pipeline.defs.assets.transcription import transcript_tables
-    from whisper_pipeline.defs.schedules import transcribe_partition_job
+    from whisper_pipeline.defs.jobs import transcribe_partition_job
     from whisper_pipeline.execution.celery import celery_executor
 
     job = dg.Definitions(

@@ -4,8 +4,9 @@ import dagster as dg
 import yaml
 
 from devtools.instance import BASE_INSTANCE
-from whisper_pipeline.definitions import EXECUTOR_CONFIG, defs, executor
+from whisper_pipeline.definitions import defs
 from whisper_pipeline.defs.schedules import nightly_transcription_schedule
+from whisper_pipeline.execution.multiprocess import EXECUTOR_CONFIG, executor
 from whisper_pipeline.execution.placement import ACCELERATOR_TAG_KEY, GPU_POOL
 from whisper_pipeline.resources import StorageResource
 

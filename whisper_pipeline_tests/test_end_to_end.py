@@ -7,7 +7,7 @@ import duckdb
 import pytest
 
 from devtools.evaluation import english_wer
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 from whisper_pipeline_tests.conftest import (
     SHARDED,
     corpus_rows,
@@ -28,8 +28,7 @@ telephone and spelled-digit references. The bound is the measurement plus one po
 @pytest.fixture(scope="module")
 def corpus_run(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(BASE_INSTANCE, home)
+    home = fresh_dagster_home(tmp_path_factory.mktemp("dagster_home"))
     landing = root / "raw" / PARTITION
     for folder in ("short", "long", "formats"):
         shutil.copytree(corpus / folder, landing / folder)

@@ -32,17 +32,17 @@ from dagster_k8s import k8s_job_executor
 from kubernetes.utils import parse_quantity
 
 from devtools.instance import BASE_INSTANCE
-from whisper_pipeline.definitions import EXECUTOR_CONFIG, build_executor, defs
-from whisper_pipeline.execution.k8s import (
-    K8S_EXECUTOR_CONFIG,
+from devtools.k8s_preview import (
     PREVIEW_RUN_ID,
     REPRESENTATIVE_SHARD,
     job_origin,
-    k8s_executor,
     partition_plan,
     step_args,
     step_job_manifests,
 )
+from whisper_pipeline.definitions import defs
+from whisper_pipeline.execution.k8s import K8S_EXECUTOR_CONFIG, k8s_executor
+from whisper_pipeline.execution.multiprocess import EXECUTOR_CONFIG, build_executor
 from whisper_pipeline.execution.placement import (
     CPU_STEP_RESOURCES,
     GPU_NODE_LABEL,

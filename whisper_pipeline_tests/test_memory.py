@@ -9,8 +9,8 @@ import dagster as dg
 import pytest
 
 from whisper_pipeline.core.memory import GLIBC_TUNABLES, hugepage_malloc_tunables
-from whisper_pipeline.definitions import executor
 from whisper_pipeline.defs.metrics import cpu_usage
+from whisper_pipeline.execution.multiprocess import executor
 
 SCRIPT = """
 import sys

@@ -1,6 +1,5 @@
 """Bad input, re-runs and crashes never lose or duplicate rows (through the real CLI)."""
 
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -8,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from devtools.evaluation import english_wer
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 from whisper_pipeline_tests.conftest import (
     materialize_cli,
     plan_config,
@@ -39,8 +38,7 @@ def by_path(root: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def awkward_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
-    home = tmp_path_factory.mktemp("home")
-    shutil.copy(BASE_INSTANCE, home)
+    home = fresh_dagster_home(tmp_path_factory.mktemp("home"))
     expected = build_landing(root / "raw" / PARTITION)
     first = materialize_cli(root, home, PARTITION)
     assert first.returncode == 0, first.stderr[-5000:]

@@ -30,7 +30,7 @@ from dagster._serdes import serialize_value
 
 from devtools.commands import materialize_command
 from devtools.evaluation import english_wer
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.core.storage import PARTITION_FILE, Storage
 from whisper_pipeline_tests.conftest import (
@@ -88,9 +88,7 @@ def landed_objects(corpus: Path) -> dict[str, bytes]:
 
 
 def new_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("dagster_home")
-    (home / "dagster.yaml").write_bytes(BASE_INSTANCE.read_bytes())
-    return home
+    return fresh_dagster_home(tmp_path_factory.mktemp("dagster_home"))
 
 
 def clean_env(home: Path, root: str) -> dict[str, str]:

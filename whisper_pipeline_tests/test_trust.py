@@ -11,6 +11,7 @@ import pytest
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.defs.assets import manifest, transcription
 from whisper_pipeline.defs.landing import landing_states
+from whisper_pipeline.resources import storage as storage_module
 from whisper_pipeline_tests.doubles import FakeTranscriber, FakeTranscriberResource
 from whisper_pipeline_tests.inprocess import materialize, read_tables, retries, step_failures
 
@@ -93,7 +94,7 @@ def test_a_storage_error_after_transcription_retries_the_write_not_the_transcrip
     landing.mkdir(parents=True)
     shutil.copy(corpus / ORIGINAL, landing / "a.wav")
     shutil.copy(corpus / REPLACEMENT, landing / "b.flac")
-    monkeypatch.setattr(manifest, "WRITE_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(storage_module, "WRITE_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
     write_results = transcription.write_results
     calls = {"writes": 0, "transcribed": 0}
 

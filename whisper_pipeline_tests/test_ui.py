@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from devtools.commands import DEFINITIONS_MODULE
-from devtools.instance import BASE_INSTANCE
+from devtools.harness import fresh_dagster_home
 from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.definitions import defs
 from whisper_pipeline.defs.dead_runs import PID_TAG, process_start_ticks
@@ -345,9 +345,7 @@ def stop_group(process: subprocess.Popen, bound_s: float = STOP_BOUND_S) -> None
 def dagster_dev(corpus, tmp_path_factory) -> Iterator[DagsterDev]:
     """``dagster dev`` on a free loopback port, with a fresh instance and the clips landed."""
     tmp = tmp_path_factory.mktemp("ui")
-    home = tmp / "dagster_home"
-    home.mkdir()
-    shutil.copy(BASE_INSTANCE, home / "dagster.yaml")
+    home = fresh_dagster_home(tmp / "dagster_home")
     root = tmp / "root"
     for partition, names in LANDED.items():
         landing = root / "raw" / partition

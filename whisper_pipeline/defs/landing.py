@@ -21,11 +21,9 @@ import dagster as dg
 
 from whisper_pipeline.core.schema import TABLE_SCHEMAS
 from whisper_pipeline.core.storage import EMPTY_LISTING_FINGERPRINT, Storage
+from whisper_pipeline.defs.jobs import TRANSCRIBE_JOB_NAME
 from whisper_pipeline.defs.partitions import daily_partitions
 from whisper_pipeline.resources import StorageResource
-
-TRANSCRIBE_JOB_NAME = "transcribe_partition"
-"""The asset job that materializes one partition (defined in ``schedules.py``)."""
 
 LOOKBACK_ENV = "WHISPER_PIPELINE_LOOKBACK_DAYS"
 """Environment variable: how many recent daily partitions are watched (read at evaluation)."""

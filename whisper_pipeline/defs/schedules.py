@@ -1,20 +1,10 @@
-"""The job and the nightly schedule: yesterday's partition plus every stale one of the window."""
+"""The nightly schedule: yesterday's partition plus every stale one of the window."""
 
 import dagster as dg
 
-from whisper_pipeline.defs.landing import (
-    TRANSCRIBE_JOB_NAME,
-    landing_states,
-    lookback_days,
-    lookback_window,
-)
+from whisper_pipeline.defs.jobs import transcribe_partition_job
+from whisper_pipeline.defs.landing import landing_states, lookback_days, lookback_window
 from whisper_pipeline.resources import StorageResource
-
-transcribe_partition_job = dg.define_asset_job(
-    TRANSCRIBE_JOB_NAME,
-    selection=dg.AssetSelection.all(),
-    description="Stage, preprocess and transcribe one landing date into the transcript tables.",
-)
 
 
 @dg.schedule(

@@ -1,58 +1,19 @@
 """The ``celery`` profile: the Celery app its workers run and the executor that sends them steps.
 
-Workers, one per GPU for transcription and as many CPU slots as the host has cores::
-
-    celery -A whisper_pipeline.execution.celery worker --queues gpu --concurrency 1 -n gpu@%h
-    celery -A whisper_pipeline.execution.celery worker --queues cpu --concurrency 8 -n cpu@%h
-
 Each step is one Celery task (dagster-celery's ``execute_plan``) on the queue its op's
-``dagster-celery/queue`` tag names (``whisper_pipeline.execution.placement``); it runs inside a
-worker's pool process, which rebuilds the Dagster instance from the reference the task carries.
-
-Environment (workers, and the process that runs the run, read the same variables):
-
-- ``WHISPER_PIPELINE_CELERY_BROKER`` (required): broker URL, e.g. ``redis://host:6379/0``.
-- ``WHISPER_PIPELINE_CELERY_BACKEND``: result backend URL; default the broker's URL.
-- ``WHISPER_PIPELINE_CELERY_VISIBILITY_TIMEOUT``: seconds after which a task a worker took but
-  never acknowledged goes back to its queue (Redis and SQS brokers); default 3600. It must
-  exceed the longest step, or a step still running is handed to a second worker as well.
-
-A worker also needs ``WHISPER_PIPELINE_PROFILE=celery`` (checked: ``make_worker_app``) and
-``WHISPER_PIPELINE_ROOT`` (unless run config sets the root). It does not read ``DAGSTER_HOME``:
-each task carries the run's instance reference, so the instance's storage must be reachable from
-the worker as the run's process names it: its database (PostgreSQL across hosts; SQLite only on
-one host) and its local artifact folder (``$DAGSTER_HOME/storage`` of the run's host), where
-the default IO manager pickles the ops' outputs (shard plans and summaries) for the next step.
-
-Tasks are acknowledged when they end, not when they start (``task_acks_late``), and a worker
-takes one task at a time per pool process (``worker_prefetch_multiplier=1``), so a ``gpu``
-worker never holds a second transcription step while it runs one. What that gives:
-
-- A worker that dies whole (SIGKILL, lost node) leaves its task unacknowledged; the broker
-  hands it to the next worker of the queue after the visibility timeout and the step runs again
-  in the same run. Until then the run waits: the executor cannot see a worker die.
-- A pool process that dies alone (OOM killer) fails its task with ``WorkerLostError``; it is
-  not redelivered (``task_reject_on_worker_lost`` is off, so a step that always kills its
-  process cannot loop). The executor reports it as the multiprocess executor reports a crashed
-  step process: the step is retried under its op's ``RetryPolicy``, then fails
-  (``StepFailureAwareCeleryExecutor``; dagster-celery alone would leave the run spinning).
-
-Importing this module needs no broker and no environment: the worker app is built when Celery
-asks for ``app`` (``celery -A``), the executor's settings when a run starts; either fails with
-a ``CeleryConfigError`` naming the variable when the environment is missing or wrong.
+``dagster-celery/queue`` tag names (``execution.placement``): ``gpu`` workers run one step at a
+time (``--concurrency 1``, ``task_acks_late``, ``worker_prefetch_multiplier=1``). A pool process
+that dies fails its step, which is retried under its op's ``RetryPolicy``
+(``StepFailureAwareCeleryExecutor``). Workers and runs read ``WHISPER_PIPELINE_CELERY_*``
+(docs/DEPLOY.md); importing this module needs neither a broker nor the environment, and a
+missing or wrong setting fails with a ``CeleryConfigError`` that names the variable.
 """
 
-import contextlib
 import difflib
 import os
-import re
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import celery
@@ -362,79 +323,3 @@ def __getattr__(name: str) -> celery.Celery:
     if _worker_app is None:
         _worker_app = make_worker_app()
     return _worker_app
-
-
-WORKER_READY_TIMEOUT_S = 120.0
-"""How long ``running_worker`` waits for a worker to say it is ready."""
-
-
-def worker_command(queue: str, concurrency: int) -> list[str]:
-    """``celery worker`` of this app consuming one queue, as an argument list.
-
-    Args:
-        queue: ``placement.CPU_QUEUE`` or ``placement.GPU_QUEUE``.
-        concurrency: Pool processes, i.e. steps at once (1 per GPU for ``gpu``).
-
-    Returns:
-        Arguments for ``subprocess``, starting with this interpreter. The node name is
-        ``<queue>@<host>``, so a host's cpu and gpu workers do not clash.
-    """
-    return [
-        sys.executable, "-m", "celery", "-A", __name__, "worker", "--queues", queue,
-        "--concurrency", str(concurrency), "--hostname", f"{queue}@%h", "--loglevel", "INFO",
-    ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def running_worker(
-    queue: str,
-    concurrency: int,
-    env: Mapping[str, str],
-    cwd: str,
-    log_path: str,
-    ready_timeout_s: float = WORKER_READY_TIMEOUT_S,
-) -> Iterator[subprocess.Popen]:
-    """Run ``worker_command()`` in its own session for the ``with`` block, then kill its group.
-
-    The block starts once the worker has logged that it is ready (connected to the broker and
-    consuming ``queue``).
-
-    Args:
-        queue: The queue it consumes.
-        concurrency: Its pool processes.
-        env: Its environment (``WHISPER_PIPELINE_PROFILE=celery``, the broker, the root...).
-        cwd: Its working directory.
-        log_path: Where its output goes.
-        ready_timeout_s: Longest wait for readiness.
-
-    Yields:
-        The worker's main process (its pool processes are its children, in its group).
-
-    Raises:
-        RuntimeError: The worker exited, or was not ready in time (its log is in the message).
-    """
-    with open(log_path, "w") as log:
-        worker = subprocess.Popen(
-            worker_command(queue, concurrency),
-            env=dict(env),
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        ready = re.compile(rf"\b{re.escape(queue)}@\S+ ready\.")
-        deadline = time.monotonic() + ready_timeout_s
-        while not ready.search(Path(log_path).read_text()):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                state = "exited" if worker.poll() is not None else "was not ready"
-                raise RuntimeError(
-                    f"celery worker for {queue!r} {state}:\n{Path(log_path).read_text()[-5000:]}"
-                )
-            time.sleep(0.1)
-        yield worker
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)

@@ -1,17 +1,10 @@
 """Where each op runs: the tags every executor of every profile reads, in one place.
 
-Tags an executor does not know are ignored, so the same ops carry all of them:
-
-- ``whisper_pipeline/accelerator``: the multiprocess executor's ``tag_concurrency_limits``
-  (``definitions.EXECUTOR_CONFIG``) hold the ``gpu`` value to one step at a time per run.
-- ``dagster-celery/queue``: the Celery queue a step is sent to (``celery`` profile). CPU steps
-  go to ``cpu``, transcription to ``gpu``, served by one worker process per GPU.
-- ``dagster-k8s/config``: the pod of a step's Kubernetes Job (``k8s`` profile): CPU and memory
-  requests for CPU steps, one ``nvidia.com/gpu`` plus a GPU node selector and toleration for
-  transcription.
-
-The ``gpu`` pool (``GPU_POOL``, limit in the instance's ``concurrency.pools``) holds
-transcription to one step across runs under every executor.
+Executors ignore the tags they do not know, so every op carries all of them:
+``whisper_pipeline/accelerator`` (the multiprocess executor holds ``gpu`` to one step per run),
+``dagster-celery/queue`` (``cpu`` or ``gpu`` workers) and ``dagster-k8s/config`` (pod resources;
+one ``nvidia.com/gpu`` for transcription). The ``gpu`` pool (``GPU_POOL``, limit in the
+instance's ``concurrency.pools``) holds transcription to one step across runs everywhere.
 """
 
 ACCELERATOR_TAG_KEY = "whisper_pipeline/accelerator"
@@ -37,18 +30,17 @@ GPU_NODE_LABEL = "nvidia.com/gpu.present"
 """Node label NVIDIA's GPU operator (GPU feature discovery) sets on GPU nodes."""
 
 CPU_STEP_RESOURCES = {
-    # Preprocessing peaks near 360 MiB of RSS (streaming decode and VAD of a 2-hour file,
-    # benchmarks/RESULTS.md); 1 GiB leaves room for the interpreter and PyAV's buffers.
-    # Ephemeral storage: the local 16-bit PCM spool of the file being decoded (115 MB per
-    # hour of audio).
+    # Memory: preprocessing's peak RSS streaming a 2-hour file (benchmarks/RESULTS.md,
+    # "Memory") with room for the interpreter and PyAV's buffers. Ephemeral storage: the local
+    # 16-bit PCM spool of the file being decoded (16,000 Hz x 2 bytes x 3600 s per hour).
     "requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"},
     "limits": {"memory": "2Gi"},
 }
 """Kubernetes resources of a CPU step's container."""
 
 GPU_STEP_RESOURCES = {
-    # Host memory: the transcription step peaked at 1.8 GiB with tiny.en on CPU
-    # (benchmarks/RESULTS.md); large models hold their weights in host memory while loading.
+    # Host memory: the transcription step's peak with tiny.en on CPU (benchmarks/RESULTS.md,
+    # "Memory"), and large models hold their weights in host memory while loading.
     # Ephemeral storage: a hub model downloaded into HF_HOME (about 3 GB for large-v3).
     "requests": {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "8Gi"},
     "limits": {"memory": "16Gi", "nvidia.com/gpu": "1"},

@@ -1,28 +1,11 @@
-"""Modules the multiprocess executor's forkserver imports once, for every step process it forks.
+"""What the multiprocess executor's forkserver imports once, for every step process it forks.
 
-Each step process forked from the forkserver starts with these already imported. Besides Dagster
-and this code location, that is the instance's storage: a step connects to the instance
-(``DagsterInstance.from_ref``), and importing the SQLite storage (SQLAlchemy, Alembic) took
-0.6 s of each step's 0.6 s start (``benchmarks/RESULTS.md``). The PostgreSQL storage of the
-``production`` profile is imported too when it is installed. So are ``pyarrow.dataset`` and
-pandas, which pyarrow imports on first use (``pyarrow.parquet.read_table``,
-``Table.from_pylist``): 0.4 s in every step, all of which use one or the other, paid once here
-instead (``benchmarks/step_overhead.py``). Importing touches no CUDA device and starts no thread but
-OpenBLAS's pool (numpy), which OpenBLAS shuts down before a fork and restarts in the child, so
-forking afterwards is safe. onnxruntime (Silero VAD) is left out: its import starts a thread.
-
-Every step process forked from here is SIGKILLed when the run's process ends, however it ends
-(a thread waits on a pidfd of it): no step outlives its run.
-
-The cyclic garbage collector is paused while they are imported: imports make few cycles, but
-every few thousand new objects set off a collection that traverses all the older ones, a quarter
-of the import time (1.6 s against 1.2 s for the whole list, on the 2-core AMD EPYC of
-``benchmarks/RESULTS.md``), and this import is what the run's first step waits for. Then
-everything imported is frozen (``gc.freeze``), as Python's ``gc`` documentation advises before
-``fork()`` without ``exec()``: the collector of every step process forked from here skips those
-objects instead of traversing them (touching their pages, which copy-on-write then copies), and
-the forkserver's own exit at the end of the run no longer collects them. That exit took 0.6-0.8 s
-of CPU while the CLI waited on its output pipes (``benchmarks/cli_timeline.py``).
+Dagster, this code location, the instance's storage, pandas and ``pyarrow.dataset`` are
+imported with the cyclic collector paused, then frozen (``gc.freeze``, as Python's ``gc``
+documentation advises before ``fork()`` without ``exec()``). Importing touches no CUDA device
+and starts no thread (onnxruntime, whose import starts one, is left out). Every step process
+forked from here is SIGKILLed when the run's process ends, however it ends (a thread waits on
+a pidfd of it): no step outlives its run, so none keeps the ``gpu`` pool's slot.
 """
 
 import gc
@@ -34,8 +17,8 @@ import threading
 
 PRELOADED = (
     # Dagster's multiprocess executor imports this first of all when no preload list names it;
-    # the executor's list (``definitions.EXECUTOR_CONFIG``) names it after this module, so it is
-    # imported here, with the collector paused, instead.
+    # the executor's list (``execution.multiprocess.EXECUTOR_CONFIG``) names it after this
+    # module, so it is imported here, with the collector paused, instead.
     "dagster._core.executor.multiprocess",
     "dagster",
     "dagster._core.storage.root",

@@ -1,18 +1,9 @@
 """Deployment profiles: one environment switch, ``WHISPER_PIPELINE_PROFILE``, picks where it runs.
 
-=============  ==============================  =============================================
-profile        executor                        storage root
-=============  ==============================  =============================================
-``local``      multiprocess (this host)        ``WHISPER_PIPELINE_ROOT`` else ``./data``
-``production`` multiprocess (this host)        ``WHISPER_PIPELINE_ROOT`` required (``s3://``)
-``celery``     dagster-celery (Redis broker)   ``WHISPER_PIPELINE_ROOT`` required
-``k8s``        dagster-k8s ``k8s_job_executor``  ``WHISPER_PIPELINE_ROOT`` required
-=============  ==============================  =============================================
-
-The Dagster instance (SQLite for ``local``, PostgreSQL elsewhere) is not a profile's business:
-it is ``$DAGSTER_HOME/dagster.yaml`` (``deploy/``). Profiles other than ``local`` never fall back
-to a local folder: a run whose root is missing fails instead of writing tables where nobody
-reads them.
+``local`` (default) and ``production`` run the multiprocess executor on this host, ``celery``
+dagster-celery workers, ``k8s`` one Kubernetes Job per step (``PROFILES``). Every profile but
+``local`` requires ``WHISPER_PIPELINE_ROOT`` and never falls back to a local folder. The Dagster
+instance (SQLite, PostgreSQL) is ``$DAGSTER_HOME/dagster.yaml``, not a profile's business.
 """
 
 import os

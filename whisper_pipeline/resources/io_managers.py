@@ -4,7 +4,6 @@ import posixpath
 import dagster as dg
 import pyarrow as pa
 
-from whisper_pipeline.defs.landing import TRANSCRIBE_JOB_NAME
 from whisper_pipeline.resources.storage import StorageResource
 
 
@@ -18,10 +17,13 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         storage: The storage root.
         area: Top folder under the root: ``tables`` for published tables, ``staging`` for
             internal ones.
+        job_name: The job of every asset, named in the error when an upstream partition is
+            missing (set where the definitions are assembled).
     """
 
     storage: dg.ResourceDependency[StorageResource]
     area: str = "tables"
+    job_name: str = ""
 
     def handle_output(self, context: dg.OutputContext, obj: pa.Table) -> None:
         """Write ``obj`` as the partition's file; raises ``TypeError`` for non-Arrow outputs."""
@@ -54,7 +56,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                 f"{name} has not been materialized for partition {key} (no"
                 f" {store.uri(store.table_dir(name, key, self.area))}): materialize {name}"
                 f" together with what needs it for {key} (select both, or launch the job"
-                f" {TRANSCRIBE_JOB_NAME} for that partition)",
+                f" {self.job_name or 'of every asset'} for that partition)",
                 allow_retries=False,
             ) from error
 

@@ -1,9 +1,6 @@
 import hashlib
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import dagster as dg
 import pyarrow as pa
@@ -15,46 +12,7 @@ from whisper_pipeline.defs.dead_runs import record_orchestrator
 from whisper_pipeline.defs.partitions import daily_partitions
 from whisper_pipeline.execution.placement import CPU_OP_TAGS
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
-from whisper_pipeline.resources.storage import ROOT_ENV
-
-T = TypeVar("T")
-
-STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL)
-"""Retries for steps whose failures are mostly transient storage errors (S3 throttling, 5xx).
-
-Dagster's exponential backoff waits ``delay * (2**attempt - 1)``: 2, 6 and 14 s, so a storage
-step that keeps failing fails its run about 22 s (plus four attempts) after its first error."""
-
-WRITE_RETRY_DELAYS_S = (2.0, 6.0, 14.0)
-"""Waits before each new attempt of a write that ``retry_write`` repeats in place: the same
-waits as ``STORAGE_RETRY``'s, without redoing the step's work."""
-
-
-def retry_write(write: Callable[[], T], what: str, log: Callable[..., None]) -> T:
-    """Call ``write`` and, when it raises ``OSError`` (S3 5xx, a full disk), call it again.
-
-    For writes that come after expensive work (the transcription of a shard): retrying the
-    write where it failed keeps that work, where a step retry would redo it.
-
-    Args:
-        write: The write; it must be safe to repeat (atomic writes are).
-        what: What is written, for the log.
-        log: Logs a warning before each new attempt (``context.log.warning``).
-
-    Returns:
-        What ``write`` returns.
-
-    Raises:
-        OSError: The last attempt's error, after ``len(WRITE_RETRY_DELAYS_S)`` retries.
-    """
-    for delay in WRITE_RETRY_DELAYS_S:
-        try:
-            return write()
-        except OSError as error:
-            log("writing %s failed (%s); again in %.0f s", what, error, delay)
-            time.sleep(delay)
-    return write()
-
+from whisper_pipeline.resources.storage import ROOT_ENV, STORAGE_RETRY
 
 PERMANENT_OPEN_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError)
 """Errors opening a landed file that another attempt would meet again: that file's ``failed``

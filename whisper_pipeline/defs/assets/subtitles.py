@@ -10,10 +10,10 @@ import pyarrow as pa
 from whisper_pipeline.core.schema import STATUS_OK
 from whisper_pipeline.core.storage import Storage
 from whisper_pipeline.core.subtitles import build_cues, export_stems, to_srt, to_vtt
-from whisper_pipeline.defs.assets.manifest import STORAGE_RETRY
 from whisper_pipeline.defs.partitions import daily_partitions
 from whisper_pipeline.execution.placement import CPU_OP_TAGS
 from whisper_pipeline.resources import StorageResource
+from whisper_pipeline.resources.storage import STORAGE_RETRY
 
 SUBTITLE_FORMATS = {".srt": to_srt, ".vtt": to_vtt}
 """Extension and renderer of each subtitle file written per transcribed file."""

@@ -43,7 +43,6 @@ from whisper_pipeline.core.staging import (
     write_results,
 )
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline.defs.assets.manifest import STORAGE_RETRY, retry_write
 from whisper_pipeline.defs.checks import (
     CHECK_SPECS,
     blocking_failures,
@@ -65,6 +64,7 @@ from whisper_pipeline.defs.metrics import (
 from whisper_pipeline.defs.partitions import daily_partitions
 from whisper_pipeline.execution.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
 from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.resources.storage import STORAGE_RETRY, retry_write
 
 CHECK_OUTPUTS = [spec.get_python_identifier() for spec in CHECK_SPECS]
 """``write_tables``' output name of each asset check, as Dagster names a check's output."""
