@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline.defs.assets import transcription
+from whisper_pipeline.defs.assets import publishing
 from whisper_pipeline.defs.checks import CHECKS, NOT_PUBLISHED, WARNINGS
 from whisper_pipeline.resources.whisper import WhisperModelResource
 from whisper_pipeline_tests.doubles import FakeTranscriberResource, fake_text
@@ -268,13 +268,13 @@ def test_tables_failing_a_blocking_check_are_not_published(published, monkeypatc
     before = table_bytes(published)
     # A file that fails too: its non-blocking warning is reported, and blocks nothing.
     (published / "raw" / PARTITION / "broken.mp3").write_bytes(b"not audio")
-    build = transcription.build_tables
+    build = publishing.build_tables
 
     def losing_a_row(*args, **kwargs):
         files, transcripts, segments, words = build(*args, **kwargs)
         return files, transcripts.slice(1), segments, words
 
-    monkeypatch.setattr(transcription, "build_tables", losing_a_row)
+    monkeypatch.setattr(publishing, "build_tables", losing_a_row)
     result = materialize(published, PARTITION, redo=True)
     assert not result.success
     (message,) = [m for k, m in step_failures(result).items() if k.endswith("write_tables")]
@@ -290,7 +290,7 @@ def test_tables_failing_a_blocking_check_are_not_published(published, monkeypatc
     assert broken.check_name == "no_failed_files" and broken.description == "1 of 4 files failed"
     assert not result.get_asset_materialization_events()[1:]  # only audio_manifest's
 
-    monkeypatch.setattr(transcription, "build_tables", build)
+    monkeypatch.setattr(publishing, "build_tables", build)
     repaired = materialize(published, PARTITION, redo=True)
     assert repaired.success, step_failures(repaired)
     assert all(e.passed for e in repaired.get_asset_check_evaluations() if e.blocking)
