@@ -481,9 +481,9 @@ def prepare_chunks(inputs: list[AudioInput], feature_extractor) -> tuple[list, d
     Each file goes through ``core.preprocess.preprocess_file`` as in ``preprocess_shard``; chunk
     keys are ``(name, chunk index)``.
     """
-    from whisper_pipeline.core.batching import ChunkInput
     from whisper_pipeline.core.preprocess import preprocess_file
     from whisper_pipeline.core.schema import STATUS_FAILED
+    from whisper_pipeline.core.types import ChunkInput
 
     errors: dict[str, str] = {}
     chunk_inputs = []
@@ -516,7 +516,8 @@ def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool =
         ``texts`` (name to transcript), ``errors`` (name to message), ``wall_s``, and
         ``chunks`` and ``generate_calls`` counts.
     """
-    from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
+    from whisper_pipeline.core.batching import BatchTranscriber
+    from whisper_pipeline.core.types import DecodingOptions
 
     started = time.perf_counter()
     model = load_pipeline_model(config)

@@ -19,7 +19,8 @@ import numpy as np
 
 from benchmarks.run import ModelConfig, load_corpus, load_pipeline_model, prepare_chunks
 from devtools.evaluation import word_start_differences
-from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
+from whisper_pipeline.core.batching import BatchTranscriber
+from whisper_pipeline.core.types import DecodingOptions
 
 
 def main() -> None:
