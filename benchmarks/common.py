@@ -286,9 +286,9 @@ def prepare_chunks(inputs: list[AudioInput], feature_extractor) -> tuple[list, d
     Each file goes through ``core.preprocess.preprocess_file`` as in ``preprocess_shard``; chunk
     keys are ``(name, chunk index)``.
     """
-    from whisper_pipeline.core.batching import ChunkInput
     from whisper_pipeline.core.preprocess import preprocess_file
     from whisper_pipeline.core.schema import STATUS_FAILED
+    from whisper_pipeline.core.types import ChunkInput
 
     errors: dict[str, str] = {}
     chunk_inputs = []

@@ -43,7 +43,8 @@ from benchmarks.common import (
     load_pipeline_model,
     prepare_chunks,
 )
-from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
+from whisper_pipeline.core.batching import BatchTranscriber
+from whisper_pipeline.core.types import DecodingOptions
 from whisper_pipeline.resources.whisper import bundled_model_path
 
 

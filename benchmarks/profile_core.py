@@ -29,8 +29,9 @@ from pathlib import Path
 from faster_whisper import WhisperModel
 
 from devtools.harness import corpus_dir
-from whisper_pipeline.core.batching import BatchTranscriber, ChunkInput, DecodingOptions
+from whisper_pipeline.core.batching import BatchTranscriber
 from whisper_pipeline.core.preprocess import preprocess_file
+from whisper_pipeline.core.types import ChunkInput, DecodingOptions
 from whisper_pipeline.resources.whisper import bundled_model_path
 
 REPOSITORY = Path(__file__).resolve().parents[1]

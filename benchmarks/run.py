@@ -244,7 +244,8 @@ def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool =
         ``texts`` (name to transcript), ``errors`` (name to message), ``wall_s``, and
         ``chunks`` and ``generate_calls`` counts.
     """
-    from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
+    from whisper_pipeline.core.batching import BatchTranscriber
+    from whisper_pipeline.core.types import DecodingOptions
 
     started = time.perf_counter()
     model = load_pipeline_model(config)

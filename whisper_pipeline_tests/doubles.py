@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from whisper_pipeline.core.audio import SAMPLE_RATE
-from whisper_pipeline.core.batching import ChunkInput, ChunkResult, Segment, Word
+from whisper_pipeline.core.types import ChunkInput, ChunkResult, Segment, Word
 from whisper_pipeline.resources.whisper import WhisperModelResource
 
 

@@ -6,13 +6,9 @@ import pytest
 
 from devtools.evaluation import english_wer
 from whisper_pipeline.core import audio
-from whisper_pipeline.core.batching import (
-    BatchTranscriber,
-    ChunkInput,
-    DecodingOptions,
-    pad_features,
-)
+from whisper_pipeline.core.batching import BatchTranscriber, pad_features
 from whisper_pipeline.core.chunking import log_mel, split_speech
+from whisper_pipeline.core.types import ChunkInput, DecodingOptions
 
 CLIPS = [
     "short/jfk.flac",

@@ -1,6 +1,5 @@
 from datetime import UTC, datetime
 
-from whisper_pipeline.core.batching import ChunkResult, DecodingOptions, Segment
 from whisper_pipeline.core.results import (
     ContentResult,
     ModelSpec,
@@ -8,6 +7,7 @@ from whisper_pipeline.core.results import (
     build_tables,
     options_key,
 )
+from whisper_pipeline.core.types import ChunkResult, DecodingOptions, Segment
 
 NOW = "2026-11-21T02:00:00+00:00"
 

@@ -26,17 +26,12 @@ What can go wrong, and what is done about it:
   alone, so one chunk never sends the others to temperature fallback or silences them.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from whisper_pipeline.core.chunking import N_FRAMES
-
-if TYPE_CHECKING:
-    from whisper_pipeline.core.batching import ChunkInput
+from whisper_pipeline.core.types import ChunkInput
 
 PACK_MAX_ITEM_FRAMES = 1000
 """Chunks of at most 10 s (1000 frames) are packed; longer ones keep a window of their own."""

@@ -13,7 +13,6 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from whisper_pipeline.core.batching import ChunkResult, DecodingOptions, Segment
 from whisper_pipeline.core.schema import (
     AUDIO_FILES,
     STATUS_FAILED,
@@ -23,6 +22,7 @@ from whisper_pipeline.core.schema import (
     TRANSCRIPT_WORDS,
     TRANSCRIPTS,
 )
+from whisper_pipeline.core.types import ChunkResult, DecodingOptions, Segment
 
 PREPROCESSING_VERSION = "2"
 """Bump when decoding, normalization, VAD or features change in a way that changes the text.

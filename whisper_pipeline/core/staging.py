@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from whisper_pipeline.core.batching import ChunkInput
 from whisper_pipeline.core.chunking import SpeechChunk
 from whisper_pipeline.core.preprocess import PreprocessedFile
 from whisper_pipeline.core.results import ContentResult
 from whisper_pipeline.core.schema import STATUS_FAILED
 from whisper_pipeline.core.storage import Storage
+from whisper_pipeline.core.types import ChunkInput
 
 SHARD_FILES = pa.schema(
     [

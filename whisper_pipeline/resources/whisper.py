@@ -4,8 +4,9 @@ import os
 import dagster as dg
 from pydantic import PrivateAttr
 
-from whisper_pipeline.core.batching import BatchTranscriber, DecodingOptions
+from whisper_pipeline.core.batching import BatchTranscriber
 from whisper_pipeline.core.results import ModelSpec
+from whisper_pipeline.core.types import DecodingOptions
 
 
 def usable_cores() -> int:
