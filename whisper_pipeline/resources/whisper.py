@@ -58,12 +58,12 @@ class WhisperModelResource(dg.ConfigurableResource):
         batch_size: Chunks per ``generate`` call.
         language: ISO 639-1 code, or empty to detect per chunk (English-only models: ``en``).
         word_timestamps: Time every word (``transcript_words``) by cross-attention alignment of
-            the kept encoder output, batched like decoding (``BatchTranscriber._attach_words``).
+            the kept encoder output, batched like decoding (``core.alignment``).
             On by default: its cost on the corpus is in ``benchmarks/RESULTS.md``.
         pack_windows: Decode chunks shorter than 10 s from many files in shared 30 s windows
             when the language is known (configured, or an English-only model), text attributed
             back by word timings (``core.packing``); a step stops packing when most packed
-            chunks come back out (``core.batching.PACK_STOP_OUT_FRACTION``). Off by default
+            chunks come back out (``core.scheduler.PACK_STOP_OUT_FRACTION``). Off by default
             (``DecodingOptions.pack_windows``): a throughput option whose risk is context
             from other files in the same window.
     """

@@ -361,7 +361,7 @@ def transcribe_shard(
             **decode_cpu,
             "peak_rss_mib": round(peak),
             # Packed chunks decoded again, by reason (``core.packing``), and whether packing
-            # stopped for this step (``core.batching.PACK_STOP_OUT_FRACTION``).
+            # stopped for this step (``core.scheduler.PACK_STOP_OUT_FRACTION``).
             "packed_chunks_out": dict(transcriber.unpacked),
             "window_packing_stopped": transcriber.packing_stopped,
         }
