@@ -19,7 +19,7 @@ from whisper_pipeline.defs.landing import landing_zone_sensor
 from whisper_pipeline.defs.schedules import nightly_transcription_schedule, transcribe_partition_job
 from whisper_pipeline.execution.placement import ACCELERATOR_TAG_KEY
 from whisper_pipeline.execution.profiles import CELERY, K8S, LOCAL, current_profile
-from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.resources import StorageResource, TranscriberResource, WhisperModelResource
 from whisper_pipeline.resources.io_managers import (
     PartitionedParquetIOManager,
     StagingPickleIOManager,
@@ -95,7 +95,7 @@ def build_executor(profile: str = LOCAL) -> dg.ExecutorDefinition:
     return executor
 
 
-def build_resources(whisper: WhisperModelResource | None = None, profile: str = LOCAL) -> dict:
+def build_resources(whisper: TranscriberResource | None = None, profile: str = LOCAL) -> dict:
     """Every resource of the code location, wired so run config reaches every consumer.
 
     ``storage`` is configured at launch and the IO managers depend on that top-level resource
@@ -105,8 +105,8 @@ def build_resources(whisper: WhisperModelResource | None = None, profile: str = 
     it (``StagingPickleIOManager``), since their steps may run on other machines.
 
     Args:
-        whisper: The transcriber; default the real faster-whisper ``WhisperModelResource``
-            (tests pass a test double).
+        whisper: The transcriber (a ``TranscriberResource``); default the real faster-whisper
+            ``WhisperModelResource`` (tests pass a test double).
         profile: A ``whisper_pipeline.execution.profiles`` name.
 
     Returns:

@@ -64,7 +64,7 @@ from whisper_pipeline.defs.metrics import (
 )
 from whisper_pipeline.defs.partitions import daily_partitions
 from whisper_pipeline.execution.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
-from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.resources import StorageResource, TranscriberResource
 
 CHECK_OUTPUTS = [spec.get_python_identifier() for spec in CHECK_SPECS]
 """``write_tables``' output name of each asset check, as Dagster names a check's output."""
@@ -131,7 +131,7 @@ def plan_shards(
     context: dg.OpExecutionContext,
     config: PlanShardsConfig,
     storage: StorageResource,
-    whisper: WhisperModelResource,
+    whisper: TranscriberResource,
     audio_manifest: pa.Table,
 ):
     """Group the readable files still to transcribe, one entry per distinct content, into shards.
@@ -178,7 +178,7 @@ def preprocess_shard(
     context: dg.OpExecutionContext,
     shard: ShardPlan,
     storage: StorageResource,
-    whisper: WhisperModelResource,
+    whisper: TranscriberResource,
 ) -> ShardFeatures:
     """Decode, downmix, resample to 16 kHz, VAD-split and featurize a shard.
 
@@ -255,7 +255,7 @@ FRAMES_PER_SECOND = 100
 """Log-mel feature frames per second of audio (hop of 160 samples at 16 kHz)."""
 
 
-def wave_frames(whisper: WhisperModelResource) -> int:
+def wave_frames(whisper: TranscriberResource) -> int:
     """Feature frames per wave: ``WAVE_BATCHES`` first-pass batches of full 30 s windows."""
     return WAVE_BATCHES * max(1, whisper.batch_size) * N_FRAMES
 
@@ -287,7 +287,7 @@ def transcribe_shard(
     context: dg.OpExecutionContext,
     shard: ShardFeatures,
     storage: StorageResource,
-    whisper: WhisperModelResource,
+    whisper: TranscriberResource,
 ) -> ShardTranscripts:
     """Transcribe a shard's chunks in cross-file micro-batches; one model load per step.
 
@@ -443,7 +443,7 @@ def write_tables(
     context: dg.OpExecutionContext,
     config: WriteTablesConfig,
     storage: StorageResource,
-    whisper: WhisperModelResource,
+    whisper: TranscriberResource,
     audio_manifest: pa.Table,
     shards: list[ShardTranscripts],
 ):
