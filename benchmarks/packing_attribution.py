@@ -31,6 +31,7 @@ import argparse
 import json
 import random
 import re
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -44,6 +45,7 @@ from benchmarks.common import (
     prepare_chunks,
 )
 from whisper_pipeline.core.batching import BatchTranscriber
+from whisper_pipeline.core.packing import PackedWindow
 from whisper_pipeline.core.types import DecodingOptions
 from whisper_pipeline.resources.whisper import bundled_model_path
 
@@ -54,12 +56,16 @@ class RecordingTranscriber(BatchTranscriber):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.neighbours: dict[str, set[str]] = defaultdict(set)
+        self._lock = threading.Lock()
 
-    def _finish_packed(self, results, packed, outcome):
-        names = {item.key[0] for item in packed.items}
-        for name in names:
-            self.neighbours[name] |= names - {name}
-        return super()._finish_packed(results, packed, outcome)
+    def _decode_batch(self, batch):
+        for window in batch:
+            if isinstance(window, PackedWindow):
+                names = {item.key[0] for item in window.items}
+                with self._lock:  # batches are decoded on the model's worker threads
+                    for name in names:
+                        self.neighbours[name] |= names - {name}
+        return super()._decode_batch(batch)
 
 
 def file_texts(results, names) -> dict[str, str]:

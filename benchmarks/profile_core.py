@@ -22,6 +22,7 @@ import argparse
 import csv
 import os
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +31,7 @@ from faster_whisper import WhisperModel
 
 from devtools.harness import corpus_dir
 from whisper_pipeline.core.batching import BatchTranscriber
+from whisper_pipeline.core.packing import PackedWindow
 from whisper_pipeline.core.preprocess import preprocess_file
 from whisper_pipeline.core.types import ChunkInput, DecodingOptions
 from whisper_pipeline.resources.whisper import bundled_model_path
@@ -71,11 +73,14 @@ class CountingTranscriber(BatchTranscriber):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.packed = self.packed_chunks = 0
+        self._lock = threading.Lock()
 
-    def _finish_packed(self, results, packed, outcome):
-        self.packed += 1
-        self.packed_chunks += len(packed.items)
-        return super()._finish_packed(results, packed, outcome)
+    def _decode_batch(self, batch):
+        packed = [window for window in batch if isinstance(window, PackedWindow)]
+        with self._lock:  # batches are decoded on the model's worker threads
+            self.packed += len(packed)
+            self.packed_chunks += sum(len(window.items) for window in packed)
+        return super()._decode_batch(batch)
 
 
 def compare_parallelism(inputs: list[ChunkInput], settings: str, batch_size: int) -> None:

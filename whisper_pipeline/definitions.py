@@ -17,14 +17,14 @@ from whisper_pipeline.defs.landing import landing_zone_sensor
 from whisper_pipeline.defs.schedules import nightly_transcription_schedule
 from whisper_pipeline.execution.multiprocess import build_executor
 from whisper_pipeline.execution.profiles import LOCAL, current_profile
-from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.resources import StorageResource, TranscriberResource, WhisperModelResource
 from whisper_pipeline.resources.io_managers import (
     PartitionedParquetIOManager,
     StagingPickleIOManager,
 )
 
 
-def build_resources(whisper: WhisperModelResource | None = None, profile: str = LOCAL) -> dict:
+def build_resources(whisper: TranscriberResource | None = None, profile: str = LOCAL) -> dict:
     """Every resource of the code location, wired so run config reaches every consumer.
 
     ``storage`` is configured at launch and the IO managers depend on that top-level resource
@@ -34,8 +34,8 @@ def build_resources(whisper: WhisperModelResource | None = None, profile: str = 
     it (``StagingPickleIOManager``), since their steps may run on other machines.
 
     Args:
-        whisper: The transcriber; default the real faster-whisper ``WhisperModelResource``
-            (tests pass a test double).
+        whisper: The transcriber (a ``TranscriberResource``); default the real faster-whisper
+            ``WhisperModelResource`` (tests pass a test double).
         profile: A ``whisper_pipeline.execution.profiles`` name.
 
     Returns:

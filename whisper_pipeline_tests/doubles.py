@@ -1,4 +1,4 @@
-"""A deterministic transcriber with no model: the test double of ``WhisperModelResource``.
+"""A deterministic transcriber with no model: the test implementation of ``TranscriberResource``.
 
 It exercises everything around the model (the asset graph, staging, waves, the result cache,
 redo, failure rows, publishing, the IO managers, the checks) in-process and in seconds. Its
@@ -10,11 +10,14 @@ transcriber reports it.
 from collections import Counter
 
 import numpy as np
+from faster_whisper.feature_extractor import FeatureExtractor
 from pydantic import Field
 
 from whisper_pipeline.core.audio import SAMPLE_RATE
+from whisper_pipeline.core.results import ModelSpec
 from whisper_pipeline.core.types import ChunkInput, ChunkResult, Segment, Word
-from whisper_pipeline.resources.whisper import WhisperModelResource
+from whisper_pipeline.resources.transcriber import TranscriberResource
+from whisper_pipeline.resources.whisper import bundled_model_path, model_feature_extractor
 
 
 def fake_text(content_sha256: str, chunk_index: int) -> str:
@@ -73,11 +76,12 @@ class FakeTranscriber:
             yield self.transcribe(wave)
 
 
-class FakeTranscriberResource(WhisperModelResource):
-    """``WhisperModelResource`` with ``FakeTranscriber`` instead of the model.
+class FakeTranscriberResource(TranscriberResource):
+    """``TranscriberResource`` with ``FakeTranscriber`` instead of a model.
 
-    Sizes are validated as for the real model (``beam_size``, ``batch_size``...); the model,
-    device and compute type are not, since none is used.
+    Sizes are validated as for the real model (``beam_size``, ``batch_size``); there is no
+    model, device or compute type to check. Features are the bundled model's frontend, as the
+    real resource's default computes them.
 
     Attributes:
         fail_contents: SHA-256 prefixes whose chunks fail in the "model" (``"*"``: all).
@@ -85,24 +89,20 @@ class FakeTranscriberResource(WhisperModelResource):
 
     fail_contents: list[str] = Field(default_factory=list)
 
-    @property
-    def model_name(self) -> str:
-        """Recorded in the tables and the cache key, apart from any real model's."""
-        return "fake-transcriber"
-
-    def resolved_device(self) -> str:
-        """Always ``cpu``."""
-        return "cpu"
-
-    def resolved_compute_type(self) -> str:
-        """No compute type: ``none``."""
-        return "none"
-
-    def _device_problems(self) -> list[str]:
+    def config_problems(self) -> list[str]:
+        """None: no model, device or compute type is used."""
         return []
 
-    def _model_problems(self) -> list[str]:
-        return []
+    def spec(self) -> ModelSpec:
+        """Model ``fake-transcriber`` on ``cpu``, compute type ``none``.
+
+        Apart from any real model's in the tables and the cache key.
+        """
+        return ModelSpec("fake-transcriber", "cpu", "none", self.decoding_options())
+
+    def feature_extractor(self) -> FeatureExtractor:
+        """The bundled ``tiny.en`` model's frontend (80 mel bins)."""
+        return model_feature_extractor(bundled_model_path())
 
     def transcriber(self) -> FakeTranscriber:
         """A fresh ``FakeTranscriber``."""

@@ -579,8 +579,9 @@ def test_packing_stops_when_most_packed_chunks_come_back_out(corpus, model):
 def test_stopping_packing_splits_waiting_windows_and_later_waves():
     from types import SimpleNamespace
 
-    from whisper_pipeline.core.batching import PACK_STOP_MIN_CHUNKS, _Queue
     from whisper_pipeline.core.packing import PackedWindow
+    from whisper_pipeline.core.scheduler import PACK_STOP_MIN_CHUNKS
+    from whisper_pipeline.core.scheduler import Scheduler as _Queue
 
     def chunk(key, seconds):
         return ChunkInput(key, np.zeros((80, int(seconds * 100)), np.float32), (0,), (1,))

@@ -1,37 +1,24 @@
 """Window packing: short chunks from many files share one 30 s Whisper encoder window.
 
 Whisper's encoder always runs on a 30 s window (3000 log-mel frames; CTranslate2 requires it),
-so a 3 s voice note costs as much encoder time as 30 s of speech. Here short chunks, from the
-same or different files, are laid one after another in a shared window with
-``PACK_GAP_FRAMES`` of silence between them, so Whisper ends a segment at each gap. The window
-is decoded in the same cross-file batches as any other (``core.batching``), and its text goes
-back to each chunk by time: every word, timed by cross-attention alignment, goes to the chunk
-its midpoint falls in (``assign_words``).
-
-What can go wrong, and what is done about it:
-
-- Whisper skips a chunk, and the alignment puts a neighbour's first word in its span. Such a
-  chunk's words are unlikely or cover little of its speech (``doubtful_chunks``); it and its
-  two neighbours are decoded alone.
-- Whisper does not end a segment at a gap, or times a segment apart from its words, and only
-  the alignment says which chunk a word belongs to (wrongly, on repetitive speech, with no
-  other sign): those chunks are packed again once, beside other chunks, and decoded alone if
-  it happens again (``split_segments``).
-- A chunk gets no text: a neighbour may have taken its words; both neighbours are decoded
-  alone with it.
-- Whisper leaves the window's last utterance for "the next window" (it ends on a lone start
-  timestamp): chunks past the last complete segment are packed again, once, with the other
-  unfinished chunks at hand; a chunk left unfinished twice is decoded alone.
-- A hard or silent chunk: the window's quality checks fail, and all its chunks are decoded
-  alone, so one chunk never sends the others to temperature fallback or silences them.
+so a short chunk costs as much encoder time as 30 s of speech. Short chunks, from the same or
+different files, are laid one after another in a shared window with ``PACK_GAP_FRAMES`` of
+silence between them (``pack_chunks``); the window is decoded in the same cross-file batches as
+any other (``core.batching``), and its text goes back to each chunk by time (``attribute``):
+every word, timed by cross-attention alignment, goes to the chunk its midpoint falls in. A chunk
+whose text is in doubt never keeps it: it is packed again once, or decoded alone.
 """
 
+from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
 
-from whisper_pipeline.core.chunking import N_FRAMES
-from whisper_pipeline.core.types import ChunkInput
+from whisper_pipeline.core.chunking import N_FRAMES, chunk_time_map
+from whisper_pipeline.core.segments import Segmenter, make_segment
+from whisper_pipeline.core.types import ChunkInput, ChunkResult, Segment
+from whisper_pipeline.core.windows import FollowUp, Language, Row, Window
 
 PACK_MAX_ITEM_FRAMES = 1000
 """Chunks of at most 10 s (1000 frames) are packed; longer ones keep a window of their own."""
@@ -95,6 +82,15 @@ class PackedWindow:
     def frames(self) -> int:
         """Frames from the window start to the end of its last chunk."""
         return self.starts[-1] + self.items[-1].features.shape[-1]
+
+    @property
+    def keys(self) -> tuple[Hashable, ...]:
+        """The keys of the chunks the window holds, in window order."""
+        return tuple(item.key for item in self.items)
+
+    def failed(self, error: str) -> "Unpack":
+        """The outcome when the model raised on this window alone: its chunks go alone."""
+        return Unpack(self, "failed window")
 
     def features(self) -> np.ndarray:
         """The window's log-mel features, shape ``(n_mels, frames)``, float32."""
@@ -326,3 +322,175 @@ def doubtful_chunks(
         if sum(word["probability"] for word in words) / len(words) < PACK_MIN_WORD_PROBABILITY:
             doubtful |= owners | reached
     return {index for index in doubtful if 0 <= index < len(spans)}
+
+
+@dataclass(frozen=True)
+class Unpack:
+    """A packed window whose chunks are all to be decoded alone.
+
+    ``reason`` is ``"window checks"`` (the row failed the quality checks or was silence: one
+    hard or silent chunk must not send its neighbours to temperature fallback or silence them)
+    or ``"failed window"`` (the model raised on it).
+    """
+
+    window: PackedWindow
+    reason: str
+
+    def record(self, results: dict[Hashable, ChunkResult]) -> FollowUp:
+        """Nothing recorded: every chunk gets a window of its own."""
+        items = self.window.items
+        return FollowUp(
+            windows=tuple(Window(item, 0) for item in items),
+            reasons=((self.reason, len(items)),),
+            packed=len(items),
+        )
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """A packed window's text given back to its chunks (``attribute``).
+
+    Attributes:
+        window: The packed window.
+        language: The row's language.
+        kept: The chunks that keep their text, each with its segments in file time.
+        alone: Chunks to decode alone.
+        unfinished: Chunks to pack again.
+        reasons: Chunks in ``alone`` or ``unfinished``, by reason, in the order met.
+    """
+
+    window: PackedWindow
+    language: Language
+    kept: tuple[tuple[ChunkInput, tuple[Segment, ...]], ...]
+    alone: tuple[ChunkInput, ...]
+    unfinished: tuple[ChunkInput, ...]
+    reasons: tuple[tuple[str, int], ...]
+
+    def record(self, results: dict[Hashable, ChunkResult]) -> FollowUp:
+        """Give each kept chunk its segments and the window's language."""
+        for item, segments in self.kept:
+            result = results[item.key]
+            result.language, result.language_probability = self.language
+            result.segments.extend(segments)
+        return FollowUp(
+            windows=tuple(Window(item, 0) for item in self.alone),
+            unfinished=self.unfinished,
+            reasons=self.reasons,
+            packed=len(self.window.items),
+        )
+
+
+def attribute(
+    packed: PackedWindow,
+    row: Row,
+    language: Language,
+    segmenter: Segmenter,
+    compression_ratio_threshold: float,
+) -> Attributed:
+    """Attribute a packed window's text to its chunks, by the times of its words.
+
+    What can go wrong, and what is done about it:
+
+    - Whisper skips a chunk, and the alignment puts a neighbour's first word in its span. Such
+      a chunk's words are unlikely or cover little of its speech (``doubtful_chunks``); it and
+      its two neighbours are decoded alone.
+    - Whisper does not end a segment at a gap, or times a segment apart from its words, and
+      only the alignment says which chunk a word belongs to (wrongly, on repetitive speech,
+      with no other sign): those chunks are packed again once, beside other chunks, and
+      decoded alone if it happens again (``split_segments``).
+    - A chunk gets no text: a neighbour may have taken its words; both neighbours are decoded
+      alone with it (never silence a chunk for its neighbours' sake).
+    - Whisper leaves the window's last utterance for "the next window" (it ends on a lone
+      start timestamp): chunks past the last complete segment are packed again, once, with the
+      other unfinished chunks at hand; a chunk left unfinished twice is decoded alone.
+    - A chunk's own text is too repetitive (compression ratio above the threshold): it is
+      decoded alone. (A hard or silent window is not attributed at all: ``Unpack``.)
+
+    Args:
+        packed: The packed window.
+        row: Its decoded row, which passed the quality checks; ``row.words`` per piece when
+            words were aligned.
+        language: The row's language.
+        segmenter: Cuts the row into pieces, times in seconds from the window start.
+        compression_ratio_threshold: A chunk whose segments are more repetitive is decoded
+            alone (``DecodingOptions.compression_ratio_threshold``).
+    """
+    items = packed.items
+    pieces, seek = segmenter.pieces(packed, row)
+    fps = segmenter.frames_per_second
+    spans = packed.spans(fps)
+    # Complete up to the last timestamp token: text after it was cut (token budget) or
+    # left for a continuation; a chunk ending within half a gap of it is complete.
+    slack_s = PACK_GAP_FRAMES / fps / 2
+    timestamp_begin = segmenter.tokenizer.timestamp_begin
+    timestamps = [t for t in row.tokens if t >= timestamp_begin]
+    complete_s = packed.frames / fps if not 0 < seek < packed.frames else seek / fps
+    last_s = (timestamps[-1] - timestamp_begin) * segmenter.time_precision
+    complete_s = min(complete_s, (last_s if timestamps else 0.0) + slack_s)
+    if pieces:
+        complete_s = min(complete_s, max(p["end"] for p in pieces) + slack_s)
+    assigned = assign_words(pieces, row.words, spans)
+    doubtful = doubtful_chunks(spans, assigned, complete_s)
+    shared = split_segments(spans, assigned)
+    reasons: Counter[str] = Counter()
+    alone, unfinished, kept = [], [], []
+    for index, item in enumerate(items):
+        start_s, end_s = spans[index]
+        if index in doubtful:
+            reasons["doubtful words"] += 1
+            alone.append(item)
+            continue
+        if end_s > complete_s or index in shared:
+            reasons["unfinished" if end_s > complete_s else "shared segment"] += 1
+            unfinished.append(item)
+            continue
+        segments = packed_segments(item, start_s, assigned[index], row, segmenter)
+        repetitive = any(s.compression_ratio > compression_ratio_threshold for s in segments)
+        if not segments or repetitive:
+            reasons["repetitive" if repetitive else "no text"] += 1
+            alone.append(item)
+            continue
+        kept.append((item, tuple(segments)))
+    return Attributed(
+        packed, language, tuple(kept), tuple(alone), tuple(unfinished), tuple(reasons.items())
+    )
+
+
+def packed_segments(
+    item: ChunkInput,
+    start_s: float,
+    assigned: list[tuple[dict, list[dict]]],
+    row: Row,
+    segmenter: Segmenter,
+) -> list[Segment]:
+    """A packed chunk's segments from the pieces (and words) attributed to it.
+
+    Times are moved from the window to the chunk (less ``start_s``, seconds), clamped to the
+    chunk, and mapped to the file through the chunk's speech regions, as for a chunk decoded
+    alone.
+
+    Args:
+        item: The chunk.
+        start_s: Where it starts in the packed window, seconds.
+        assigned: Its ``(piece, words)`` pairs (``assign_words``).
+        row: The window's decoded row (its scores go on the segments).
+        segmenter: Decodes a piece's tokens when it has no words.
+    """
+    time_map = chunk_time_map(list(item.speech_starts), list(item.speech_ends))
+    length = item.duration_s
+
+    def file_time(seconds: float, is_end: bool = False) -> float:
+        local = min(max(seconds - start_s, 0.0), length)
+        return time_map.get_original_time(local, is_end=is_end)
+
+    segments = []
+    for piece, words in assigned:
+        if words:
+            text = "".join(word["word"] for word in words).strip()
+            begin, finish = words[0]["start"], words[-1]["end"]
+        else:
+            text = segmenter.text(piece["tokens"])
+            begin, finish = piece["start"], piece["end"]
+        if text:
+            segments.append(make_segment(text, begin, finish, words, row, file_time))
+    return segments

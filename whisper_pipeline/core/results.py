@@ -51,7 +51,7 @@ def options_key(model: str, compute_type: str, options: DecodingOptions) -> str:
 class ModelSpec:
     """The model's identity: everything a transcript depends on, resolved once per run.
 
-    Produced by ``WhisperModelResource.spec()`` and passed to the result cache key, the table
+    Produced by ``TranscriberResource.spec()`` and passed to the result cache key, the table
     builder and the materialization metadata.
 
     Attributes:

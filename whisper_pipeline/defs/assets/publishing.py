@@ -41,7 +41,7 @@ from whisper_pipeline.defs.metrics import (
     transcripts_metadata,
 )
 from whisper_pipeline.execution.placement import CPU_OP_TAGS
-from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.resources import StorageResource, TranscriberResource
 from whisper_pipeline.resources.storage import STORAGE_RETRY
 
 CHECK_OUTPUTS = [spec.get_python_identifier() for spec in CHECK_SPECS]
@@ -137,7 +137,7 @@ def write_tables(
     context: dg.OpExecutionContext,
     config: WriteTablesConfig,
     storage: StorageResource,
-    whisper: WhisperModelResource,
+    whisper: TranscriberResource,
     audio_manifest: pa.Table,
     shards: list[ShardTranscripts],
 ):

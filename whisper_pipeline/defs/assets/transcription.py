@@ -46,7 +46,7 @@ from whisper_pipeline.defs.metrics import (
 )
 from whisper_pipeline.defs.partitions import daily_partitions
 from whisper_pipeline.execution.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_POOL
-from whisper_pipeline.resources import StorageResource, WhisperModelResource
+from whisper_pipeline.resources import StorageResource, TranscriberResource
 from whisper_pipeline.resources.storage import STORAGE_RETRY, retry_write
 
 CPU_MIN_AUDIO_S_PER_SHARD = 1800.0
@@ -96,7 +96,7 @@ def plan_shards(
     context: dg.OpExecutionContext,
     config: PlanShardsConfig,
     storage: StorageResource,
-    whisper: WhisperModelResource,
+    whisper: TranscriberResource,
     audio_manifest: pa.Table,
 ):
     """Group the readable files still to transcribe, one entry per distinct content, into shards.
@@ -143,7 +143,7 @@ def preprocess_shard(
     context: dg.OpExecutionContext,
     shard: ShardPlan,
     storage: StorageResource,
-    whisper: WhisperModelResource,
+    whisper: TranscriberResource,
 ) -> ShardFeatures:
     """Decode, downmix, resample to 16 kHz, VAD-split and featurize a shard.
 
@@ -209,7 +209,7 @@ FRAMES_PER_SECOND = 100
 """Log-mel feature frames per second of audio (hop of 160 samples at 16 kHz)."""
 
 
-def wave_frames(whisper: WhisperModelResource) -> int:
+def wave_frames(whisper: TranscriberResource) -> int:
     """Feature frames per wave: ``WAVE_BATCHES`` first-pass batches of full 30 s windows."""
     return WAVE_BATCHES * max(1, whisper.batch_size) * N_FRAMES
 
@@ -242,7 +242,7 @@ def transcribe_shard(
     context: dg.OpExecutionContext,
     shard: ShardFeatures,
     storage: StorageResource,
-    whisper: WhisperModelResource,
+    whisper: TranscriberResource,
 ) -> ShardTranscripts:
     """Transcribe a shard's chunks in cross-file micro-batches; one model load per step.
 
@@ -316,7 +316,7 @@ def transcribe_shard(
             **decode_cpu,
             "peak_rss_mib": round(peak),
             # Packed chunks decoded again, by reason (``core.packing``), and whether packing
-            # stopped for this step (``core.batching.PACK_STOP_OUT_FRACTION``).
+            # stopped for this step (``core.scheduler.PACK_STOP_OUT_FRACTION``).
             "packed_chunks_out": dict(transcriber.unpacked),
             "window_packing_stopped": transcriber.packing_stopped,
         }
