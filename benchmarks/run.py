@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4,5,6,7]
+    python benchmarks/run.py [--inputs corpus,many-short] [--methods 1,2,3,4,5,6,7,8]
                              [--out benchmarks/out] [--malloc-hugepages]
                              [--limit N] [--short-clips 120] [--batch-size 8] [--repeat 1]
                              [--model DIR] [--device cpu] [--compute-type int8]
@@ -31,10 +31,17 @@ another model directory), device and compute type, and beam size 5:
    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` in the CLI's environment, which the executor then
    leaves as it is (by default it gives its step processes ``glibc.malloc.hugetlb=1``,
    ``core.memory.hugepage_malloc_tunables``).
+8. **faster-whisper batched across files**: every file decoded, its speech found with
+   faster-whisper's own VAD (``get_speech_timestamps``, ``BatchedInferencePipeline``'s defaults:
+   at most 30 s, 160 ms silences), the files concatenated, and the whole transcribed by one
+   ``BatchedInferencePipeline.transcribe(audio, clip_timestamps=..., batch_size=B)``: since
+   faster-whisper PRs #1345/#1376 each clip is one chunk, neither merged nor re-timed, so
+   chunks of many files share batches. Segments go back to the file whose span holds their
+   start.
 
 Methods 3 and 4 run with word timestamps on and window packing on (packing is off by default
 since it lost words on real short clips); 5 and 6 are the pipeline's defaults.
-The in-process methods (1-3, 5) run in the environment they are given, as a user's own process
+The in-process methods (1-3, 5, 8) run in the environment they are given, as a user's own process
 would: glibc's default small pages, unless ``--malloc-hugepages`` starts every worker with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which puts the baselines on the same footing.
 
@@ -72,6 +79,7 @@ Results go to ``OUT/results.md`` and ``OUT/results.json`` (with every transcript
 """
 
 import argparse
+import bisect
 import ctypes
 import json
 import os
@@ -113,6 +121,7 @@ METHODS = {
     5: "core, packing off",
     6: "Dagster CLI, packing off",
     7: "Dagster CLI, huge pages off",
+    8: "faster-whisper batched, clip_timestamps across files",
 }
 CLI_METHODS = (4, 6, 7)
 """Methods that run the Dagster CLI (process-tree memory, the transcription op's idle time)."""
@@ -235,6 +244,52 @@ def run_batched_per_file(inputs: list[AudioInput], config: ModelConfig) -> dict:
         )[0],
         started,
     )
+
+
+def run_batched_clips(inputs: list[AudioInput], config: ModelConfig) -> dict:
+    """Method 8: ``BatchedInferencePipeline`` over all files at once, with ``clip_timestamps``.
+
+    Returns:
+        ``texts`` (name to transcript), ``errors`` (name to message) and ``wall_s``.
+    """
+    import numpy as np
+    from faster_whisper import BatchedInferencePipeline, decode_audio
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    started = time.perf_counter()
+    pipeline = BatchedInferencePipeline(load_model(config))
+    rate = pipeline.model.feature_extractor.sampling_rate
+    vad = VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160)
+    texts, errors, pieces, spans, clips = {}, {}, [], [], []
+    offset = 0
+    for item in inputs:
+        texts[item.name] = ""
+        try:
+            audio = decode_audio(item.path, sampling_rate=rate)
+        except Exception as error:  # recorded, the benchmark goes on
+            errors[item.name] = f"{type(error).__name__}: {error}"
+            continue
+        for speech in get_speech_timestamps(audio, vad):
+            clips.append(
+                {"start": (offset + speech["start"]) / rate, "end": (offset + speech["end"]) / rate}
+            )
+        pieces.append(audio)
+        spans.append((offset / rate, (offset + len(audio)) / rate, item.name))
+        offset += len(audio)
+    if clips:
+        segments, _ = pipeline.transcribe(
+            np.concatenate(pieces),
+            beam_size=config.beam_size,
+            batch_size=config.batch_size,
+            clip_timestamps=clips,
+        )
+        parts: dict[str, list[str]] = {}
+        starts = [start for start, _, _ in spans]
+        for segment in segments:
+            index = max(0, bisect.bisect_right(starts, segment.start) - 1)
+            parts.setdefault(spans[index][2], []).append(segment.text.strip())
+        texts.update({name: " ".join(words) for name, words in parts.items()})
+    return {"texts": texts, "errors": errors, "wall_s": time.perf_counter() - started}
 
 
 def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool = True) -> dict:
@@ -463,6 +518,8 @@ def run_worker(args: argparse.Namespace) -> int:
         result = run_sequential(inputs, config)
     elif args.worker == 2:
         result = run_batched_per_file(inputs, config)
+    elif args.worker == 8:
+        result = run_batched_clips(inputs, config)
     elif args.worker in (3, 5):
         result = run_core(inputs, config, pack_windows=args.worker == 3)
     else:
@@ -654,7 +711,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", default="corpus,many-short", help="comma-separated sets")
-    parser.add_argument("--methods", default="1,2,3,4,5,6", help="comma-separated method numbers")
+    parser.add_argument("--methods", default="1,2,3,4,5,6,8", help="comma-separated method numbers")
     parser.add_argument(
         "--malloc-hugepages",
         action="store_true",

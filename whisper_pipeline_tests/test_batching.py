@@ -143,9 +143,9 @@ class CountingTranscriber(BatchTranscriber):
         super().__init__(model, options)
         self.calls: list[tuple[float, int]] = []
 
-    def _generate(self, encoder_output, languages, temperature, frames):
+    def _generate(self, encoder_output, languages, temperature, frames, model=None):
         self.calls.append((temperature, len(languages)))
-        return super()._generate(encoder_output, languages, temperature, frames)
+        return super()._generate(encoder_output, languages, temperature, frames, model)
 
 
 @pytest.mark.slow  # the real model for several seconds
@@ -196,6 +196,39 @@ def test_fallback_that_encodes_again_matches_fallback_from_kept_encoder_output(m
         assert [[getattr(s, field) for s in r.segments] for r in again] == [
             [getattr(s, field) for s in r.segments] for r in kept
         ]
+
+
+FALLBACK_CLIPS = ["short/pv_fr.wav", "short/pv_it.wav", "formats/mls_es_13697_11991_000000.opus"]
+"""Clips tiny.en (English-only) decodes badly enough at temperature 0 to sample."""
+
+
+@pytest.mark.slow  # the real model sampling, twice
+def test_temperature_fallback_gives_the_same_text_whatever_the_batches_and_their_timing(
+    corpus, model, inputs
+):
+    from whisper_pipeline.resources.whisper import WhisperModelResource
+
+    chunks = chunk_inputs(corpus, model, FALLBACK_CLIPS[:2]) + inputs[:2]
+    # Two CTranslate2 workers decode concurrently, so batches finish in any order.
+    whisper = WhisperModelResource(cpu_threads=1, num_workers=2, batch_size=2)
+    first = whisper.transcriber()
+    runs = [first.transcribe(chunks)]
+    # Again with the same loaded model: other batches (the chunks reversed, in three waves).
+    again = whisper.transcriber()
+    waves = [chunks[::-1][i::3] for i in range(3)]
+    by_key = {r.key: r for finished in again.transcribe_waves(waves) for r in finished}
+    runs.append([by_key[chunk.key] for chunk in chunks])
+    sampled = [s for r in runs[0] for s in r.segments if s.temperature > 0]
+    assert len(sampled) >= 2, "no row fell back to sampling"
+    assert first.sampler is not None and first.fallback_size() == 1  # a fresh model per row
+
+    def rows(results):
+        return [
+            (r.key, [(s.text, s.temperature, [w.word for w in s.words]) for s in r.segments])
+            for r in results
+        ]
+
+    assert rows(runs[1]) == rows(runs[0])
 
 
 def test_token_budget_grows_with_the_window_and_stops_at_the_model_limit(model):

@@ -131,6 +131,13 @@ def test_options_key_changes_with_anything_that_changes_the_text():
     assert base != options_key("tiny.en", "float16", DecodingOptions())
     assert base != options_key("small.en", "int8", DecodingOptions())
     assert base != options_key("tiny.en", "int8", DecodingOptions(beam_size=1))
+    assert base != options_key("tiny.en", "int8", DecodingOptions(seed=1))
+
+
+def test_the_default_seed_keeps_the_cache_keys_of_results_cached_before_seeding():
+    # The default options' key before ``DecodingOptions.seed`` existed (commit 5b96bba): an
+    # upgrade must not re-transcribe every cached file.
+    assert options_key("tiny.en", "int8", DecodingOptions()) == "e4fa5e49842cfc94"
 
 
 def test_model_spec_is_the_one_identity_of_cache_key_and_metadata():

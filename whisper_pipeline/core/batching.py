@@ -7,7 +7,8 @@ again at the next temperature, from its kept encoder output, in calls that gathe
 from every batch; a silent row yields no text. A window Whisper left unfinished is continued
 from its last timestamp in a later batch. Which windows wait, and which share a batch, is
 ``core.scheduler``'s; batches run on as many threads as the model has CTranslate2 workers.
-At temperature 0 the text does not depend on which rows share a batch.
+At temperature 0 the text does not depend on which rows share a batch; sampling is seeded and,
+on a model of several workers, done row by row on fresh one-worker copies (``sampler``).
 """
 
 import logging
@@ -77,6 +78,10 @@ class BatchTranscriber:
         model: A loaded faster-whisper model (its CTranslate2 ``model.model`` does the work).
             Its ``num_workers`` CTranslate2 workers each decode one batch at a time.
         options: Decoding options, identical for every row.
+        sampler: Makes a fresh one-worker CTranslate2 ``Whisper``; with a model of several
+            workers, each fallback row samples alone on one, so its text depends on the row and
+            ``options.seed`` only. Otherwise rows sample on ``model`` (docs/ARCHITECTURE.md,
+            "reproducible sampling").
 
     Attributes:
         unpacked: Packed chunks decoded alone or packed again, by reason (``core.packing``).
@@ -84,9 +89,10 @@ class BatchTranscriber:
             (``core.scheduler.PACK_STOP_OUT_FRACTION``).
     """
 
-    def __init__(self, model: WhisperModel, options: DecodingOptions):
+    def __init__(self, model: WhisperModel, options: DecodingOptions, sampler=None):
         self.model = model
         self.options = options
+        ctranslate2.set_random_seed(options.seed)
         multilingual = model.model.is_multilingual
         language = options.language or (None if multilingual else "en")
         self.tokenizer = Tokenizer(
@@ -94,6 +100,7 @@ class BatchTranscriber:
         )
         self.fixed_language = language
         self.workers = max(1, int(getattr(model.model, "num_workers", 1)))
+        self.sampler = sampler if self.workers > 1 else None
         self.decoder = Decoder(model, self.tokenizer, options)
         self.segmenter = Segmenter(model, self.tokenizer)
         self.aligner = WordAligner(
@@ -172,8 +179,11 @@ class BatchTranscriber:
     def fallback_size(self) -> int:
         """Rows per temperature-fallback call.
 
-        ``fallback_batch_size``, else ``batch_size`` (at most ``CPU_FALLBACK_BATCH`` on CPU).
+        1 when each row samples on its own ``sampler``; else ``fallback_batch_size``, else
+        ``batch_size`` (at most ``CPU_FALLBACK_BATCH`` on CPU).
         """
+        if self.sampler is not None:
+            return 1
         size = self.options.fallback_batch_size or self.options.batch_size
         if self.options.fallback_batch_size is None and self.model.model.device == "cpu":
             size = min(size, CPU_FALLBACK_BATCH)
@@ -269,10 +279,12 @@ class BatchTranscriber:
         """
         done: list[Kept | Failed] = []
         pending = [(retry, [retry.first]) for retry in group]
+        # A fresh one-worker model per row (``fallback_size`` is then 1), made after the seed.
+        model = None if self.sampler is None else self.sampler()
         for temperature in self.options.temperatures[1:]:
             if not pending:
                 break
-            sample = partial(self._sample, temperature=temperature)
+            sample = partial(self._sample, temperature=temperature, model=model)
             outcomes = self._isolated(sample, [retry for retry, _ in pending])
             still_pending = []
             for (retry, candidates), outcome in zip(pending, outcomes, strict=True):
@@ -294,8 +306,8 @@ class BatchTranscriber:
             done.append(self._kept(retry.window, row, retry.language))
         return done
 
-    def _sample(self, items: list[Retry], temperature: float) -> list[Row]:
-        """Decode rows again at ``temperature`` (sampling), from their kept encoder output.
+    def _sample(self, items: list[Retry], temperature: float, model=None) -> list[Row]:
+        """Sample rows again at ``temperature`` on ``model`` (default the transcriber's).
 
         Returns:
             A row per item; those that pass the quality checks with their words aligned.
@@ -307,7 +319,7 @@ class BatchTranscriber:
             encoder_output = self._encode_windows([item.window for item in items])
         languages = [item.language for item in items]
         frames = max(item.window.frames for item in items)
-        rows = self._generate(encoder_output, languages, temperature, frames)
+        rows = self._generate(encoder_output, languages, temperature, frames, model)
         passed = [
             (index, AlignRow(item.window, row, item.language[0], item.encoded))
             for index, (item, row) in enumerate(zip(items, rows, strict=True))
@@ -326,7 +338,5 @@ class BatchTranscriber:
         # Each row is [(token, probability), ...] best first; a token looks like "<|en|>".
         return [(row[0][0][2:-2], float(row[0][1])) for row in detected]
 
-    def _generate(
-        self, encoder_output, languages: list[Language], temperature: float, frames: int
-    ) -> list[Row]:
-        return self.decoder.generate(encoder_output, languages, temperature, frames)
+    def _generate(self, encoder_output, languages, temperature, frames, model=None) -> list[Row]:
+        return self.decoder.generate(encoder_output, languages, temperature, frames, model)

@@ -11,6 +11,7 @@ share one ``Decoder``.
 import math
 import threading
 
+import ctranslate2
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
@@ -56,7 +57,12 @@ class Decoder:
         return min(limit, prompt_length + budget)
 
     def generate(
-        self, encoder_output, languages: list[Language], temperature: float, frames: int
+        self,
+        encoder_output,
+        languages: list[Language],
+        temperature: float,
+        frames: int,
+        model: ctranslate2.models.Whisper | None = None,
     ) -> list[Row]:
         """Decode a batch at one temperature.
 
@@ -65,6 +71,7 @@ class Decoder:
             languages: Per row, its language (the prompt names it on multilingual models).
             temperature: 0 for beam search (``beam_size``), else sampling ``best_of``.
             frames: Feature frames of the longest window of the batch (the token budget).
+            model: The CTranslate2 model that decodes; default the faster-whisper model's.
 
         Returns:
             A ``Row`` per input row, in order.
@@ -89,7 +96,7 @@ class Decoder:
             sampling = {"beam_size": options.beam_size}
         with self._lock:
             self.calls += 1
-        results = self.model.model.generate(
+        results = (model or self.model.model).generate(
             encoder_output,
             prompts,
             length_penalty=options.length_penalty,

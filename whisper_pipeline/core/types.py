@@ -49,6 +49,8 @@ class DecodingOptions:
             this many tokens per second of its longest window, within the model's own limit;
             ``None`` leaves only the model's limit (448 with the prompt, as faster-whisper).
         word_timestamps: Time every word (``Segment.words``) by cross-attention alignment.
+        seed: Seed of temperature-fallback sampling (``ctranslate2.set_random_seed``): the same
+            inputs and options give the same sampled text (``core.batching.BatchTranscriber``).
         pack_windows: Lay chunks shorter than ``core.packing.PACK_MAX_ITEM_FRAMES`` from any
             files one after another in shared 30 s windows (``core.packing``) when the language
             is known (given, or an English-only model): Whisper's encoder costs a full 30 s
@@ -72,6 +74,7 @@ class DecodingOptions:
     fallback_batch_size: int | None = None
     max_tokens_per_second: float | None = MAX_TOKENS_PER_SECOND
     word_timestamps: bool = True
+    seed: int = 0
     pack_windows: bool = False
 
     def cache_key_fields(self) -> dict:
@@ -89,6 +92,8 @@ class DecodingOptions:
             "max_tokens_per_second": self.max_tokens_per_second,
             "word_timestamps": self.word_timestamps,
             "pack_windows": self.pack_windows,
+            # Seed 0 keeps the keys results were cached under before sampling was seeded.
+            **({"seed": self.seed} if self.seed else {}),
         }
 
 

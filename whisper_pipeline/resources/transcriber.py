@@ -54,7 +54,10 @@ class TranscriberResource(dg.ConfigurableResource, ABC):
             back by word timings (``core.packing``); a step stops packing when most packed
             chunks come back out (``core.scheduler.PACK_STOP_OUT_FRACTION``). Off by default
             (``DecodingOptions.pack_windows``): a throughput option whose risk is context
-            from other files in the same window.
+            from other files in the same window; packed output can depend on worker timing.
+        seed: Seed of temperature-fallback sampling: re-running the same files with the same
+            configuration gives the same tables (``DecodingOptions.seed``). Part of the result
+            cache key when not 0.
     """
 
     beam_size: int = DecodingOptions.beam_size
@@ -62,6 +65,7 @@ class TranscriberResource(dg.ConfigurableResource, ABC):
     language: str = ""
     word_timestamps: bool = DecodingOptions.word_timestamps
     pack_windows: bool = DecodingOptions.pack_windows
+    seed: int = DecodingOptions.seed
 
     def decoding_options(self) -> DecodingOptions:
         """Decoding options from this config (Whisper defaults otherwise)."""
@@ -71,6 +75,7 @@ class TranscriberResource(dg.ConfigurableResource, ABC):
             language=self.language or None,
             word_timestamps=self.word_timestamps,
             pack_windows=self.pack_windows,
+            seed=self.seed,
         )
 
     def validate(self) -> None:

@@ -179,26 +179,49 @@ class WhisperModelResource(TranscriberResource):
         )
 
     def transcriber(self) -> BatchTranscriber:
-        """A cross-file batch transcriber over the loaded model, with this config's options."""
-        return BatchTranscriber(self.load(), self.decoding_options())
+        """A cross-file batch transcriber over the loaded model, with this config's options.
+
+        Its temperature-fallback sampling runs on one-worker copies of the model (``sampler``)
+        when the loaded one has several workers, so that it is reproducible.
+        """
+        model = self.load()
+        sampler = self.sampler if model.model.num_workers > 1 else None
+        return BatchTranscriber(model, self.decoding_options(), sampler)
+
+    def parallelism(self) -> tuple[int, int]:
+        """``(cpu_threads, num_workers)`` of the model: ``cpu_parallelism`` on CPU."""
+        if self.resolved_device() == "cpu":
+            return cpu_parallelism(self.cpu_threads, self.num_workers, usable_cores())
+        return self.cpu_threads, self.num_workers or 1
 
     def load(self):
         """The ``faster_whisper.WhisperModel``, loaded on first call and kept for the process."""
         if self._loaded is None:
             from faster_whisper import WhisperModel
 
-            device = self.resolved_device()
-            if device == "cpu":
-                threads, workers = cpu_parallelism(
-                    self.cpu_threads, self.num_workers, usable_cores()
-                )
-            else:
-                threads, workers = self.cpu_threads, self.num_workers or 1
+            threads, workers = self.parallelism()
             self._loaded = WhisperModel(
                 self.model_path(),
-                device=device,
+                device=self.resolved_device(),
                 compute_type=self.resolved_compute_type(),
                 cpu_threads=threads,
                 num_workers=workers,
             )
         return self._loaded
+
+    def sampler(self):
+        """A fresh one-worker CTranslate2 ``Whisper`` of the same model, threads as a worker's.
+
+        ``BatchTranscriber`` samples on one per worker; loaded only when a step reaches
+        temperature fallback.
+        """
+        import ctranslate2
+
+        threads, workers = self.parallelism()
+        return ctranslate2.models.Whisper(
+            self.model_path(),
+            device=self.resolved_device(),
+            compute_type=self.resolved_compute_type(),
+            inter_threads=1,
+            intra_threads=threads,
+        )
