@@ -1,6 +1,7 @@
 """Where the in-process core spends its time: decode/VAD/features, encode, generate, align.
 
     python benchmarks/profile_core.py [--batch-size 8] [--inputs DIR] [--no-pack-windows]
+                                      [--model DIR] [--device cuda] [--compute-type float16]
     python benchmarks/profile_core.py --parallelism 2x1,1x2 [--batch-size 8]
 
 Wraps the model's ``encode``, CTranslate2 ``generate`` and ``align`` with timers and counts rows
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--parallelism", help="THREADSxWORKERS settings to compare, e.g. 2x1,1x2")
     parser.add_argument("--inputs", type=Path, help="a folder of audio instead of the corpus")
     parser.add_argument("--no-pack-windows", action="store_true", help="window packing off")
+    parser.add_argument("--model", help="CTranslate2 model directory (default: bundled tiny.en)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--compute-type", default="int8", help="int8, float16, int8_float16...")
     args = parser.parse_args()
     if args.inputs:
         corpus = args.inputs
@@ -124,7 +128,8 @@ def main() -> None:
             files = [row["file"] for row in csv.DictReader(handle)]
     totals: dict = defaultdict(float)
     started = time.perf_counter()
-    model = WhisperModel(bundled_model_path(), device="cpu", compute_type="int8")
+    model_path = args.model or bundled_model_path()
+    model = WhisperModel(model_path, device=args.device, compute_type=args.compute_type)
     totals["model load"] = time.perf_counter() - started
     inputs = []
     started = time.perf_counter()

@@ -31,13 +31,14 @@ another model directory), device and compute type, and beam size 5:
    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` in the CLI's environment, which the executor then
    leaves as it is (by default it gives its step processes ``glibc.malloc.hugetlb=1``,
    ``core.memory.hugepage_malloc_tunables``).
-8. **faster-whisper batched across files**: every file decoded, its speech found with
-   faster-whisper's own VAD (``get_speech_timestamps``, ``BatchedInferencePipeline``'s defaults:
-   at most 30 s, 160 ms silences), the files concatenated, and the whole transcribed by one
+8. **faster-whisper batched across files**: every file decoded; a file of up to 30 s is one
+   clip, a longer one's speech (faster-whisper's ``get_speech_timestamps`` with
+   ``BatchedInferencePipeline``'s defaults) merged into clips of at most 30 s; the files
+   concatenated, and the whole transcribed by one
    ``BatchedInferencePipeline.transcribe(audio, clip_timestamps=..., batch_size=B)``: since
    faster-whisper PRs #1345/#1376 each clip is one chunk, neither merged nor re-timed, so
    chunks of many files share batches. Segments go back to the file whose span holds their
-   start.
+   middle.
 
 Methods 3 and 4 run with word timestamps on and window packing on (packing is off by default
 since it lost words on real short clips); 5 and 6 are the pipeline's defaults.
@@ -95,7 +96,10 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.common import (
+if not __package__:  # run as ``python benchmarks/run.py``: the repository root is not on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402 - after the path fix above
     DEFAULT_OUT,
     INPUT_SETS,
     PARTITION,
@@ -246,6 +250,21 @@ def run_batched_per_file(inputs: list[AudioInput], config: ModelConfig) -> dict:
     )
 
 
+def speech_spans(audio, rate: int, vad, get_speech_timestamps) -> list[tuple[int, int]]:
+    """A file's clips in samples: the whole file up to 30 s, else its VAD speech merged into
+    spans of at most 30 s (first speech start to last speech end), as ``collect_chunks`` does."""
+    limit = 30 * rate
+    if len(audio) <= limit:
+        return [(0, len(audio))]
+    spans: list[tuple[int, int]] = []
+    for speech in get_speech_timestamps(audio, vad):
+        if spans and speech["end"] - spans[-1][0] <= limit:
+            spans[-1] = (spans[-1][0], speech["end"])
+        else:
+            spans.append((speech["start"], speech["end"]))
+    return spans
+
+
 def run_batched_clips(inputs: list[AudioInput], config: ModelConfig) -> dict:
     """Method 8: ``BatchedInferencePipeline`` over all files at once, with ``clip_timestamps``.
 
@@ -269,10 +288,8 @@ def run_batched_clips(inputs: list[AudioInput], config: ModelConfig) -> dict:
         except Exception as error:  # recorded, the benchmark goes on
             errors[item.name] = f"{type(error).__name__}: {error}"
             continue
-        for speech in get_speech_timestamps(audio, vad):
-            clips.append(
-                {"start": (offset + speech["start"]) / rate, "end": (offset + speech["end"]) / rate}
-            )
+        for start, end in speech_spans(audio, rate, vad, get_speech_timestamps):
+            clips.append({"start": (offset + start) / rate, "end": (offset + end) / rate})
         pieces.append(audio)
         spans.append((offset / rate, (offset + len(audio)) / rate, item.name))
         offset += len(audio)
@@ -286,7 +303,9 @@ def run_batched_clips(inputs: list[AudioInput], config: ModelConfig) -> dict:
         parts: dict[str, list[str]] = {}
         starts = [start for start, _, _ in spans]
         for segment in segments:
-            index = max(0, bisect.bisect_right(starts, segment.start) - 1)
+            # Its middle: faster-whisper rounds times, so a start can fall just before its clip.
+            middle = (segment.start + segment.end) / 2
+            index = max(0, bisect.bisect_right(starts, middle) - 1)
             parts.setdefault(spans[index][2], []).append(segment.text.strip())
         texts.update({name: " ".join(words) for name, words in parts.items()})
     return {"texts": texts, "errors": errors, "wall_s": time.perf_counter() - started}
@@ -556,7 +575,8 @@ def run_method(
     inputs_file.write_text(json.dumps(payload))
     command = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "benchmarks.run",
         "--worker",
         str(method),
         "--inputs-file",
