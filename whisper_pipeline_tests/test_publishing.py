@@ -121,6 +121,7 @@ def test_endpoint_url_from_run_config_reaches_every_consumer(corpus, s3_server, 
 INVALID_CONFIGS = [
     ({"beam_size": 0}, "beam_size must be at least 1"),
     ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"seed": -1}, "seed must be from 0 to 4294967295"),
     ({"model": "no-such-model"}, "unknown model 'no-such-model'"),
     ({"compute_type": "float17"}, "compute_type 'float17' is not supported"),
     ({"language": "xx"}, "not a Whisper language code"),

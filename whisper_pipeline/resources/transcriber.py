@@ -38,6 +38,10 @@ class Transcriber(Protocol):
         """Results of the chunks of lazily read waves, each chunk's exactly once."""
 
 
+MAX_SEED = 2**32 - 1
+"""Largest ``seed``: CTranslate2's ``set_random_seed`` takes an ``unsigned int``."""
+
+
 class TranscriberResource(dg.ConfigurableResource, ABC):
     """The ``whisper`` resource: a speech-to-text model behind the interface the assets call.
 
@@ -81,8 +85,9 @@ class TranscriberResource(dg.ConfigurableResource, ABC):
     def validate(self) -> None:
         """Check the configuration without loading weights, before any work is done.
 
-        Sizes (``beam_size``, ``batch_size`` >= 1), then the implementation's own checks
-        (``config_problems``).
+        Sizes (``beam_size``, ``batch_size`` >= 1), the ``seed`` range (CTranslate2's
+        ``set_random_seed`` takes an unsigned 32-bit integer), then the implementation's own
+        checks (``config_problems``).
 
         Raises:
             ValueError: Every problem found, in one message.
@@ -91,6 +96,8 @@ class TranscriberResource(dg.ConfigurableResource, ABC):
         for name in ("beam_size", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be from 0 to {MAX_SEED}, got {self.seed}")
         problems += self.config_problems()
         if problems:
             raise ValueError("invalid whisper configuration: " + "; ".join(problems))
