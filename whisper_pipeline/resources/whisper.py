@@ -82,6 +82,7 @@ class WhisperModelResource(TranscriberResource):
     num_workers: int = 0
 
     _loaded = PrivateAttr(default=None)
+    _path: str | None = PrivateAttr(default=None)
 
     @property
     def model_name(self) -> str:
@@ -89,14 +90,20 @@ class WhisperModelResource(TranscriberResource):
         return self.model or "tiny.en"
 
     def model_path(self) -> str:
-        """Local directory of the model; downloads a hub model name through faster-whisper."""
-        if not self.model:
-            return bundled_model_path()
-        if os.path.isdir(self.model):
-            return self.model
-        from faster_whisper.utils import download_model
+        """Local directory of the model; downloads a hub model name through faster-whisper.
 
-        return download_model(self.model)
+        Resolved once per process: a hub name is looked up (or downloaded) on the first call.
+        """
+        if self._path is None:
+            if not self.model:
+                self._path = bundled_model_path()
+            elif os.path.isdir(self.model):
+                self._path = self.model
+            else:
+                from faster_whisper.utils import download_model
+
+                self._path = download_model(self.model)
+        return self._path
 
     def resolved_device(self) -> str:
         """``cuda`` or ``cpu``. Queries CUDA only when called (never at import or preload)."""
@@ -181,12 +188,10 @@ class WhisperModelResource(TranscriberResource):
     def transcriber(self) -> BatchTranscriber:
         """A cross-file batch transcriber over the loaded model, with this config's options.
 
-        Its temperature-fallback sampling runs on one-worker copies of the model (``sampler``)
-        when the loaded one has several workers, so that it is reproducible.
+        When the loaded model has several workers, each temperature-fallback row samples on a
+        one-worker copy (``sampler``), so that sampling is reproducible.
         """
-        model = self.load()
-        sampler = self.sampler if model.model.num_workers > 1 else None
-        return BatchTranscriber(model, self.decoding_options(), sampler)
+        return BatchTranscriber(self.load(), self.decoding_options(), self.sampler)
 
     def parallelism(self) -> tuple[int, int]:
         """``(cpu_threads, num_workers)`` of the model: ``cpu_parallelism`` on CPU."""
@@ -212,12 +217,12 @@ class WhisperModelResource(TranscriberResource):
     def sampler(self):
         """A fresh one-worker CTranslate2 ``Whisper`` of the same model, threads as a worker's.
 
-        ``BatchTranscriber`` samples on one per worker; loaded only when a step reaches
-        temperature fallback.
+        ``BatchTranscriber`` makes one per temperature-fallback row, only in steps that reach
+        fallback.
         """
         import ctranslate2
 
-        threads, workers = self.parallelism()
+        threads, _ = self.parallelism()
         return ctranslate2.models.Whisper(
             self.model_path(),
             device=self.resolved_device(),
