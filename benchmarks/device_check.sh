@@ -171,6 +171,7 @@ run() {
         nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 200 \
             > "$out/gpu_use.csv" 2>&1 &
         sampler=$!
+        trap 'kill "$sampler" 2> /dev/null || true' EXIT  # also when a benchmark fails
     fi
     local sets=real-short
     [ "$quick" = 1 ] || sets=real-short,corpus
@@ -183,7 +184,6 @@ run() {
     fi
     "$PYTHON" -m benchmarks.profile_core --device "$device" --compute-type "$compute" \
         "${model_args[@]}" --no-pack-windows 2>&1 | tee "$out/profile_core.txt"
-    [ -n "$sampler" ] && kill "$sampler"
     ls -la "$out"  # a few flat files: at most 8 come back from the device machine
 }
 
