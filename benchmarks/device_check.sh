@@ -165,13 +165,13 @@ run() {
         echo "cores: $(nproc)"
         command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     } > "$out/machine.txt" 2>&1
-    local sampler=""
+    SAMPLER=""  # global: the EXIT trap runs after run() has returned
     if [ "$device" = cuda ] && command -v nvidia-smi > /dev/null; then
         # GPU use every 200 ms while the benchmarks run: the share of time with a kernel running.
         nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 200 \
             > "$out/gpu_use.csv" 2>&1 &
-        sampler=$!
-        trap 'kill "$sampler" 2> /dev/null || true' EXIT  # also when a benchmark fails
+        SAMPLER=$!
+        trap 'kill "$SAMPLER" 2> /dev/null || true' EXIT  # also when a benchmark fails
     fi
     local sets=real-short
     [ "$quick" = 1 ] || sets=real-short,corpus
