@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import dagster as dg
 import pytest
@@ -188,15 +190,29 @@ def group_processes(pgid: int) -> dict[int, str]:
     return found
 
 
+def answers(url: str) -> bool:
+    """Whether an HTTP GET of ``url`` gets a response."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def serving_dev(readme_checkout, log_path) -> subprocess.Popen:
-    """The README's variables and ``dagster dev`` blocks, once the webserver serves."""
+    """The README's variables and ``dagster dev`` blocks, once the webserver answers HTTP.
+
+    The log line comes before the webserver installs its signal handlers: a Ctrl-C at that
+    moment once left ``dagster dev`` running. A user presses it once the UI is up.
+    """
     port = free_port()
     env = dict(readme_checkout.env, DAGSTER_CLI_DEV_HOST="127.0.0.1")
     env["DAGSTER_CLI_DEV_PORT"] = str(port)
     dev = started(block("export DAGSTER_HOME=") + block("dagster dev"), readme_checkout, log_path,
                   env=env)  # fmt: skip
     deadline = time.monotonic() + UI_START_TIMEOUT_S
-    while "Serving dagster-webserver" not in log_path.read_text():
+    url = f"http://127.0.0.1:{port}/server_info"
+    while "Serving dagster-webserver" not in log_path.read_text() or not answers(url):
         assert dev.poll() is None, log_path.read_text()[-5000:]
         assert time.monotonic() < deadline, log_path.read_text()[-5000:]
         time.sleep(1)
