@@ -2,7 +2,9 @@
 
 Input sets (``load_input_set``): ``corpus`` (``../shared/corpus``, real recordings with
 references), ``real-short`` (its recordings of at most ``REAL_SHORT_MAX_S``) and ``many-short``
-(Piper-synthesized clips of generated sentences, cached under ``benchmarks/out/``).
+(Piper-synthesized clips of generated sentences, cached under ``benchmarks/out/``) and
+``perturbed-2h`` (two hours of speed- and pitch-perturbed corpus copies, ``benchmarks.perturbed``,
+cached under ``benchmarks/out/perturbed/``).
 """
 
 import csv
@@ -31,7 +33,7 @@ DEFAULT_OUT = REPOSITORY / "benchmarks" / "out"
 PARTITION = "2026-11-20"
 
 
-INPUT_SETS = ("corpus", "real-short", "many-short")
+INPUT_SETS = ("corpus", "real-short", "many-short", "perturbed-2h")
 
 
 SENTENCE_SEED = 20261120
@@ -251,6 +253,10 @@ def load_input_set(name: str, limit: int | None, short_clips: int, out: Path) ->
         return short[:limit]
     if name == "many-short":
         return synthesize_clips(short_clips, out / "many_short")[:limit]
+    if name == "perturbed-2h":
+        from benchmarks.perturbed import perturbed_set
+
+        return perturbed_set(2.0, out / "perturbed")[:limit]
     raise ValueError(f"unknown input set {name!r}; choose from {', '.join(INPUT_SETS)}")
 
 
