@@ -6,7 +6,7 @@ Usage (from the repository root)::
 
 For each chunk count, a fresh process stages a shard of that many real speech chunks (log-mel
 features of the shared corpus's long recordings, repeated) and transcribes it the way
-``transcribe_shard`` does: ``core.staging.chunk_waves`` then the model's ``BatchTranscriber``
+``transcribe_shards`` does: ``core.streaming.StagedChunks`` then the model's ``BatchTranscriber``
 with the pipeline's default resource (tiny.en, int8 on CPU, two workers, batch 8). It prints
 the process's peak RSS (``VmHWM``) before and after transcription. ``--wave-frames N`` overrides
 the wave's frames (0: the pipeline's own ``wave_frames``); a wave of every chunk is the old
@@ -15,6 +15,7 @@ behaviour.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -39,19 +40,14 @@ def vm_hwm_mib() -> float:
 
 def worker(chunks: int, wave: int, trim: bool) -> dict:
     """Stage ``chunks`` speech chunks and transcribe them; returns the measurements."""
-    import numpy as np
-    import pyarrow as pa
 
     from whisper_pipeline.core import audio
     from whisper_pipeline.core.chunking import log_mel, split_spooled
     from whisper_pipeline.core.memory import release_free_memory
-    from whisper_pipeline.core.staging import (
-        CHUNKS_FILE,
-        FEATURES_FILE,
-        SHARD_CHUNKS,
-        chunk_waves,
-    )
+    from whisper_pipeline.core.preprocess import PreprocessedFile
+    from whisper_pipeline.core.staging import ShardWriter
     from whisper_pipeline.core.storage import Storage
+    from whisper_pipeline.core.streaming import StagedChunks
     from whisper_pipeline.defs.assets.transcription import wave_frames
     from whisper_pipeline.resources.whisper import WhisperModelResource
 
@@ -61,40 +57,27 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         store = Storage(scratch)
         shard_dir = store.path("shard")
-        os.makedirs(shard_dir)
         sources = []
         for path in sorted((corpus / "long").iterdir())[:3]:
             with open(path, "rb") as handle:
                 decoded = audio.spool(handle, os.path.join(scratch, "spool"))
             for chunk in split_spooled(decoded):
-                sources.append((np.ascontiguousarray(log_mel(extractor, chunk.audio).T), chunk))
-        rows, offset = [], 0
-        with open(os.path.join(shard_dir, FEATURES_FILE), "wb") as out:
+                sources.append((log_mel(extractor, chunk.audio), chunk))
+        with ShardWriter(store, shard_dir) as writer:
             for index in range(chunks):
-                frames, chunk = sources[index % len(sources)]
-                out.write(frames.astype(np.float32).tobytes())
-                rows.append(
-                    {
-                        "content_sha256": f"{index:064x}",
-                        "chunk_index": 0,
-                        "frame_offset": offset,
-                        "n_frames": frames.shape[0],
-                        "speech_starts": list(chunk.speech_starts),
-                        "speech_ends": list(chunk.speech_ends),
-                    }
-                )
-                offset += frames.shape[0]
-        store.write_parquet(
-            os.path.join(shard_dir, CHUNKS_FILE), pa.Table.from_pylist(rows, SHARD_CHUNKS)
-        )
+                features, chunk = sources[index % len(sources)]
+                writer.add_chunk(f"{index:064x}", dataclasses.replace(chunk, index=0), features)
+                duration = features.shape[1] / 100
+                writer.add_file(f"{index:064x}", PreprocessedFile(duration, duration, 1, "ok", ""))
         del sources
         transcriber = whisper.transcriber()
         before = vm_hwm_mib()
         started = time.perf_counter()
         size = wave or wave_frames(whisper)
         results = []
-        waves = chunk_waves(store, shard_dir, extractor.mel_filters.shape[0], size, scratch)
-        for done in transcriber.transcribe_waves(waves):  # as transcribe_shard does
+        n_mels = extractor.mel_filters.shape[0]
+        staged = StagedChunks(store, {0: shard_dir}, n_mels, size, scratch)
+        for done in transcriber.transcribe_waves(staged.waves()):  # as transcribe_shards does
             results += done
             if trim:
                 release_free_memory()

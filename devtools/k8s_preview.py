@@ -46,6 +46,10 @@ REPRESENTATIVE_SHARD = "shard_00000"
 """Mapping key of the one shard ``step_job_manifests`` resolves (``plan_shards`` names shards
 ``shard_{index:05d}``)."""
 
+REPRESENTATIVE_GROUP = "group_00000"
+"""Mapping key of the one transcription group ``step_job_manifests`` resolves (``plan_shards``
+names groups ``group_{index:05d}``)."""
+
 PLAN_SHARDS_STEP = "transcript_tables.plan_shards"
 """Step key of the op whose dynamic output fans a partition out into shards."""
 
@@ -134,12 +138,13 @@ def step_job_manifests(
     re-implements a merge. Retries (a ``-N`` suffix on the Job name) and owner references are
     left out.
 
-    The plan's shards are dynamic (``plan_shards`` yields one output per shard, and
-    ``preprocess_shard`` and ``transcribe_shard`` are mapped over them), so their steps only
-    exist once ``plan_shards`` has run. The plan is resolved here as if it had produced one shard
-    (``REPRESENTATIVE_SHARD``): every shard's steps get the same manifest but for the mapping key
-    in the step key, Job name and labels, so the static steps plus one step of each mapped op
-    cover every distinct pod spec a run creates.
+    The plan's shards and transcription groups are dynamic (``plan_shards`` yields one output
+    per shard, mapped by ``preprocess_shard``, and one per group, mapped by
+    ``transcribe_shards``), so their steps only exist once ``plan_shards`` has run. The plan is
+    resolved here as if it had produced one of each (``REPRESENTATIVE_SHARD``,
+    ``REPRESENTATIVE_GROUP``): every shard's or group's step gets the same manifest but for the
+    mapping key in the step key, Job name and labels, so the static steps plus one step of each
+    mapped op cover every distinct pod spec a run creates.
 
     Args:
         partition_key: A daily partition key, e.g. ``2026-11-20``.
@@ -237,7 +242,7 @@ def executor_container_context(executor_config: Mapping[str, Any]) -> K8sContain
 def partition_plan(
     partition_key: str,
 ) -> tuple[dg.JobDefinition, ExecutionPlan, KnownExecutionState]:
-    """The execution plan of a partition's run, its shards resolved to ``REPRESENTATIVE_SHARD``.
+    """The execution plan of a partition's run, its shards and groups resolved to one each.
 
     Args:
         partition_key: A daily partition key.
@@ -249,7 +254,9 @@ def partition_plan(
 
     job = defs.resolve_job_def(TRANSCRIBE_JOB_NAME)
     known_state = KnownExecutionState(
-        dynamic_mappings={PLAN_SHARDS_STEP: {"result": [REPRESENTATIVE_SHARD]}}
+        dynamic_mappings={
+            PLAN_SHARDS_STEP: {"shards": [REPRESENTATIVE_SHARD], "groups": [REPRESENTATIVE_GROUP]}
+        }
     )
     plan = create_execution_plan(job, tags={PARTITION_TAG: partition_key}, known_state=known_state)
     return job, plan, known_state

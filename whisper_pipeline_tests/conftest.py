@@ -78,9 +78,11 @@ def plan_config(**config) -> tuple[str, str]:
     return ("--config-json", json.dumps({"ops": ops}))
 
 
-SHARDED = plan_config(min_audio_s_per_shard=300)
-"""Five minutes of audio per shard (the CUDA default): several shards on the corpus, so the
-tests exercise the fan-out that a CPU run of a small partition plans as one shard."""
+SHARDED = plan_config(min_audio_s_per_shard=300, transcription_steps=2)
+"""Several shards on the corpus (one per core, up to one per five minutes of audio) spread over
+two transcription steps, so the tests exercise the fan-out on both sides: preprocessing steps in
+processes of their own, and transcription steps held to one at a time, each reading its shards
+while they are preprocessed."""
 
 
 def planned_and_cached(log: str) -> tuple[int, int]:

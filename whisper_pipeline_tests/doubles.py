@@ -7,6 +7,7 @@ from; its segment spans the chunk's speech, in seconds from the file's start, as
 transcriber reports it.
 """
 
+import time
 from collections import Counter
 
 import numpy as np
@@ -15,6 +16,7 @@ from pydantic import Field
 
 from whisper_pipeline.core.audio import SAMPLE_RATE
 from whisper_pipeline.core.results import ModelSpec
+from whisper_pipeline.core.scheduler import IDLE_WAIT_S
 from whisper_pipeline.core.types import ChunkInput, ChunkResult, Segment, Word
 from whisper_pipeline.resources.transcriber import TranscriberResource
 from whisper_pipeline.resources.whisper import bundled_model_path, model_feature_extractor
@@ -28,7 +30,7 @@ def fake_text(content_sha256: str, chunk_index: int) -> str:
 class FakeTranscriber:
     """Same interface as ``core.batching.BatchTranscriber``: ``transcribe``,
     ``transcribe_waves``, ``generate_calls``, ``align_s``, ``unpacked``, ``packing_stopped``
-    (it never packs).
+    (it never packs), ``busy_s`` and ``first_batch_at``.
 
     Args:
         fail_contents: SHA-256 prefixes whose chunks "raise in the model" (``"*"``: all).
@@ -43,6 +45,8 @@ class FakeTranscriber:
         self.chunks_seen = 0
         self.unpacked: Counter[str] = Counter()
         self.packing_stopped = False
+        self.busy_s = 0.0
+        self.first_batch_at: float | None = None
 
     def transcribe(self, chunks: list[ChunkInput]) -> list[ChunkResult]:
         """One result per chunk; reads every feature value, as the encoder would."""
@@ -71,9 +75,17 @@ class FakeTranscriber:
         return results
 
     def transcribe_waves(self, waves):
-        """``transcribe`` of each wave, one list of results per wave."""
+        """``transcribe`` of each wave, one list of results per wave; an empty wave (none
+        ready yet) is waited for, as ``core.scheduler.Scheduler`` does."""
         for wave in waves:
-            yield self.transcribe(wave)
+            if not wave:
+                time.sleep(IDLE_WAIT_S)
+                continue
+            started = time.monotonic()
+            self.first_batch_at = self.first_batch_at or started
+            results = self.transcribe(wave)
+            self.busy_s += time.monotonic() - started
+            yield results
 
 
 class FakeTranscriberResource(TranscriberResource):

@@ -109,7 +109,7 @@ def test_cli_backfill_runs_one_queued_run_per_partition(corpus, tmp_path, dagste
     transcriptions = [
         interval
         for record in records
-        for interval in step_intervals(instance, record.dagster_run.run_id, "transcribe_shard")
+        for interval in step_intervals(instance, record.dagster_run.run_id, "transcribe_shards")
     ]
     assert len(transcriptions) >= len(PARTITIONS)  # every run transcribed (nothing cached)
     assert most_at_once(transcriptions) == 1

@@ -310,7 +310,7 @@ def test_word_timestamps_agree_with_faster_whispers_sequential_words(corpus, mod
 
     transcriber = BatchTranscriber(model, DecodingOptions(word_timestamps=True))
     results = transcriber.transcribe(inputs)
-    assert transcriber.align_calls > 0 and transcriber.align_failures == 0
+    assert transcriber.aligner.calls > 0 and transcriber.aligner.failures == 0
     differences = []
     for name in CLIPS:
         chunks = sorted((r for r in results if r.key[0] == name), key=lambda r: r.key)

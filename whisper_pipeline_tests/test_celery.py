@@ -53,16 +53,16 @@ CLIPS = (
 )
 """23 s of English speech in all."""
 
-THREE_SHARDS = plan_config(min_audio_s_per_shard=8)
-"""At least 8 s of audio per shard: three shards for ``CLIPS``, hence three transcription
-steps that could overlap if nothing held them to one at a time."""
+THREE_SHARDS = plan_config(max_shards=3, min_audio_s_per_shard=8, transcription_steps=3)
+"""At least 8 s of audio per shard: three shards for ``CLIPS``, each its own transcription step,
+three steps that could overlap if nothing held them to one at a time."""
 
-TRANSCRIBE_OP = "transcribe_shard"
+TRANSCRIBE_OP = "transcribe_shards"
 RUN_TIMEOUT_S = 600
 
 
 def op_of(step_key: str) -> str:
-    """``transcript_tables.transcribe_shard[shard_00001]`` -> ``transcribe_shard``."""
+    """``transcript_tables.transcribe_shards[shard_00001]`` -> ``transcribe_shards``."""
     return step_key.rsplit(".", 1)[-1].split("[", 1)[0]
 
 

@@ -70,7 +70,7 @@ def test_sigkill_mid_transcription_then_rerun(corpus, tmp_path, home):
         return list((root / "cache").rglob("*.json")) if (root / "cache").exists() else []
 
     def transcribe_steps_started() -> int:
-        return len(re.findall(r"transcribe_shard\[\w+\] - STEP_START", log_path.read_text()))
+        return len(re.findall(r"transcribe_shards\[\w+\] - STEP_START", log_path.read_text()))
 
     try:
         # Kill once one shard's results are cached and the next shard is being transcribed.

@@ -92,7 +92,7 @@ def test_sensor_fails_runs_whose_process_is_gone_and_frees_their_slots(instance)
     dead = started_run(instance, pid, start)
     storage = instance.event_log_storage
     storage.initialize_concurrency_limit_to_default(GPU_POOL)  # as a run's first claim does
-    storage.claim_concurrency_slot(GPU_POOL, dead, "transcribe_shard[shard_00000]")
+    storage.claim_concurrency_slot(GPU_POOL, dead, "transcribe_shards[shard_00000]")
     assert storage.get_concurrency_info(GPU_POOL).active_run_ids == {dead}
     reused = started_run(instance, me, my_start + 1)  # the pid now belongs to another process
     alive = started_run(instance, me, my_start)
@@ -207,7 +207,7 @@ def test_daemon_frees_the_pool_of_a_sigkilled_cli_run(corpus, tmp_path, dagster_
     instance = dg.DagsterInstance.from_config(str(dagster_home))
 
     def holds_the_slot() -> bool:
-        started = re.search(r"transcribe_shard\[\w+\] - STEP_START", log_path.read_text())
+        started = re.search(r"transcribe_shards\[\w+\] - STEP_START", log_path.read_text())
         return bool(started) and bool(
             instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids
         )
@@ -217,7 +217,7 @@ def test_daemon_frees_the_pool_of_a_sigkilled_cli_run(corpus, tmp_path, dagster_
             command, env=env, cwd=REPOSITORY, stdout=log, stderr=log, start_new_session=True
         )
     try:
-        wait_for(holds_the_slot, first, 600, "transcribe_shard held the gpu slot")
+        wait_for(holds_the_slot, first, 600, "transcribe_shards held the gpu slot")
         (run,) = instance.get_runs()
         steps = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
         (step_pid,) = [
@@ -229,7 +229,7 @@ def test_daemon_frees_the_pool_of_a_sigkilled_cli_run(corpus, tmp_path, dagster_
         deadline = time.monotonic() + 5
         while process_start_ticks(step_pid) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert process_start_ticks(step_pid) is None, "transcribe_shard outlived its run"
+        assert process_start_ticks(step_pid) is None, "transcribe_shards outlived its run"
     finally:
         stop(first)
     (killed,) = instance.get_runs()
@@ -269,7 +269,7 @@ def test_sensor_frees_the_slots_of_ended_runs_with_no_step_alive(instance):
     storage.initialize_concurrency_limit_to_default(GPU_POOL)
     storage.set_concurrency_slots(GPU_POOL, 3)
     for run_id in (ended, stepping, elsewhere):
-        assert storage.claim_concurrency_slot(GPU_POOL, run_id, "transcribe_shard").is_claimed
+        assert storage.claim_concurrency_slot(GPU_POOL, run_id, "transcribe_shards").is_claimed
         instance.report_run_failed(instance.get_run_by_id(run_id), message="worker died")
 
     result = dead_run_sensor(dg.build_sensor_context(instance=instance))

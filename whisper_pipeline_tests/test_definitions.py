@@ -29,8 +29,8 @@ def test_definitions_load_and_resolve():
 def test_transcription_op_is_pooled_and_tagged():
     job = defs.resolve_job_def("transcribe_partition")
     ops = {op.name: op for op in job.all_node_defs}
-    assert ops["transcribe_shard"].pool == GPU_POOL
-    assert ops["transcribe_shard"].tags[ACCELERATOR_TAG_KEY] == "gpu"
+    assert ops["transcribe_shards"].pool == GPU_POOL
+    assert ops["transcribe_shards"].tags[ACCELERATOR_TAG_KEY] == "gpu"
     assert ops["preprocess_shard"].pool is None
 
 
@@ -69,7 +69,7 @@ def test_storage_touching_steps_retry_with_backoff():
     for name in (
         "plan_shards",
         "preprocess_shard",
-        "transcribe_shard",
+        "transcribe_shards",
         "write_tables",
         "subtitle_files",
     ):
@@ -77,17 +77,23 @@ def test_storage_touching_steps_retry_with_backoff():
         assert policy.max_retries >= 3 and policy.backoff == dg.Backoff.EXPONENTIAL, name
 
 
-def test_shards_hold_more_audio_when_the_model_runs_on_cpu():
-    from whisper_pipeline.defs.assets.transcription import (
-        CPU_MIN_AUDIO_S_PER_SHARD,
-        GPU_MIN_AUDIO_S_PER_SHARD,
-        PlanShardsConfig,
-    )
+def test_shards_follow_the_cores_and_a_transcription_step_has_a_slot_beside_them():
+    from whisper_pipeline.core.sharding import usable_cores
+    from whisper_pipeline.defs.assets.transcription import MAX_AUTO_SHARDS, PlanShardsConfig
 
-    auto = PlanShardsConfig()
-    assert auto.audio_s_per_shard("cpu") == CPU_MIN_AUDIO_S_PER_SHARD == 1800
-    assert auto.audio_s_per_shard("cuda") == GPU_MIN_AUDIO_S_PER_SHARD == 300
-    assert PlanShardsConfig(min_audio_s_per_shard=60).audio_s_per_shard("cpu") == 60
+    assert PlanShardsConfig().shard_limit() == min(usable_cores(), MAX_AUTO_SHARDS)
+    assert PlanShardsConfig(max_shards=3).shard_limit() == 3
+    # Every shard's preprocessing step and the transcription step reading them run at once.
+    assert EXECUTOR_CONFIG["max_concurrent"] == usable_cores() + 1
+
+
+def test_transcription_comes_after_preprocessing_when_steps_run_one_at_a_time():
+    # An in-process executor runs steps one at a time in priority order: a transcription step
+    # first would wait for shards that are never preprocessed.
+    job = defs.resolve_job_def("transcribe_partition")
+    ops = {op.name: op for op in job.all_node_defs}
+    priority = {name: int(op.tags.get("dagster/priority", 0)) for name, op in ops.items()}
+    assert priority["transcribe_shards"] < priority["preprocess_shard"]
 
 
 def test_each_published_table_describes_itself_in_the_ui():

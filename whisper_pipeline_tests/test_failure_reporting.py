@@ -108,13 +108,14 @@ def test_progress_lines_for_preprocessing_and_transcription(failing_run):
     _, _, logs = failing_run
     lines = [r.user_message for r in logs if r.level == logging.INFO]
     preprocessing = [line for line in lines if line.startswith("shard 0 preprocessing: done")]
-    transcription = [line for line in lines if line.startswith("shard 0 transcription: done")]
+    transcription = [line for line in lines if line.startswith("group 0 transcription: done")]
     # The three good clips and the truncated FLAC reach preprocessing (the probe passes it).
     assert len(preprocessing) == 1 and preprocessing[0].startswith(
         "shard 0 preprocessing: done, 4/4 files, "
     )
+    # Transcription counts contents: the truncated FLAC's failure row is written by it too.
     assert len(transcription) == 1 and transcription[0].startswith(
-        "shard 0 transcription: done, 3/3 chunks, "
+        "group 0 transcription: done, 4/4 files, "
     )
     assert preprocessing[0].endswith("audio s/s)") and transcription[0].endswith("audio s/s)")
 

@@ -34,6 +34,7 @@ from kubernetes.utils import parse_quantity
 from devtools.instance import BASE_INSTANCE
 from devtools.k8s_preview import (
     PREVIEW_RUN_ID,
+    REPRESENTATIVE_GROUP,
     REPRESENTATIVE_SHARD,
     job_origin,
     partition_plan,
@@ -70,7 +71,7 @@ name, so the release name alone."""
 CHART_DAGSTER_HOME = "/opt/dagster/dagster_home"
 """The chart's default ``global.dagsterHome``."""
 
-TRANSCRIBE_STEP = f"transcript_tables.transcribe_shard[{REPRESENTATIVE_SHARD}]"
+TRANSCRIBE_STEP = f"transcript_tables.transcribe_shards[{REPRESENTATIVE_GROUP}]"
 GPU_RESOURCE = "nvidia.com/gpu"
 AWS_CREDENTIAL_ENVS = {
     "AWS_ACCESS_KEY_ID",
@@ -400,7 +401,10 @@ def test_manifests_are_what_dagster_k8s_creates(tmp_path, values, root, manifest
 def test_executor_is_dagster_k8s_and_leaves_gpu_exclusivity_to_the_pool():
     assert build_executor(K8S) is k8s_executor
     assert k8s_executor.name == "k8s"
-    assert 1 <= K8S_EXECUTOR_CONFIG["max_concurrent"] <= 16
+    from whisper_pipeline.defs.assets.transcription import MAX_AUTO_SHARDS
+
+    # Every shard plan_shards makes by itself, and the transcription step reading them.
+    assert K8S_EXECUTOR_CONFIG["max_concurrent"] == MAX_AUTO_SHARDS + 1
     # Across runs the gpu pool holds transcription to one step per GPU; within a run each step
     # has a GPU of its own, so no per-run tag limit (the multiprocess executor's is per host).
     assert "tag_concurrency_limits" not in K8S_EXECUTOR_CONFIG
@@ -409,8 +413,8 @@ def test_executor_is_dagster_k8s_and_leaves_gpu_exclusivity_to_the_pool():
     pools = {
         node.name: node.pool for node in job.all_node_defs if isinstance(node, dg.OpDefinition)
     }
-    assert {name for name, pool in pools.items() if pool} == {"transcribe_shard"}
-    assert pools["transcribe_shard"] == GPU_POOL
+    assert {name for name, pool in pools.items() if pool} == {"transcribe_shards"}
+    assert pools["transcribe_shards"] == GPU_POOL
 
 
 def test_definitions_load_with_the_k8s_profile_without_a_cluster(tmp_path):

@@ -124,18 +124,33 @@ def test_audio_files_metadata_counts_statuses_and_hours():
     }
 
 
-def test_transcripts_metadata_sums_this_runs_shards():
-    from whisper_pipeline.core.staging import ShardFeatures, ShardPlan, ShardTranscripts
+def test_transcripts_metadata_sums_this_runs_shards_and_transcription_steps():
+    from whisper_pipeline.core.staging import (
+        GroupTranscripts,
+        ShardFeatures,
+        ShardPlan,
+        TranscriptionGroup,
+    )
     from whisper_pipeline.defs.metrics import transcripts_metadata
 
-    def shard(index, files, audio_s, preprocess_s, transcribe_s, rss):
+    def shard(index, files, audio_s, preprocess_s, rss):
         plan = ShardPlan(index, "/run", "key", tuple((f"{i}", "p", None) for i in range(files)))
-        features = ShardFeatures(plan, 80, audio_s, preprocess_s, rss / 2)
-        return ShardTranscripts(features, transcribe_s, 1.5, 10, rss, transcribe_s / 10)
+        return ShardFeatures(plan, 80, audio_s, preprocess_s, rss)
+
+    def group(index, shards, transcribe_s, busy_s, first_s, rss):
+        members = TranscriptionGroup(index, "/run", "key", tuple(s.plan for s in shards))
+        audio_s = sum(s.audio_s for s in shards)
+        return GroupTranscripts(
+            members, audio_s, transcribe_s, 1.5, 10, rss, transcribe_s / 10, busy_s, first_s
+        )
 
     transcripts = pa.table({"duration_s": [3600.0, 3600.0], "speech_duration_s": [1800.0, 0.0]})
-    shards = [shard(0, 3, 600.0, 20.0, 60.0, 1000), shard(1, 2, 1200.0, 30.0, 90.0, 1800)]
-    metadata = transcripts_metadata(transcripts, shards, contents=7)
+    shards = [shard(0, 3, 600.0, 20.0, 500), shard(1, 2, 1200.0, 30.0, 900)]
+    groups = [
+        group(0, shards[:1], 60.0, 50.0, 2.5, 1000),
+        group(1, shards[1:], 90.0, 80.0, 1.25, 1800),
+    ]
+    metadata = transcripts_metadata(transcripts, shards, groups, contents=7)
     assert metadata == {
         "audio_hours": 2.0,
         "speech_hours": 0.5,
@@ -143,6 +158,8 @@ def test_transcripts_metadata_sums_this_runs_shards():
         "contents_from_cache": 2,
         "real_time_factor": round(150.0 / 1800.0, 4),
         "transcribe_seconds": 150.0,
+        "model_busy_seconds": 130.0,
+        "first_batch_seconds": 1.25,
         "preprocess_seconds": 50.0,
         "model_load_seconds": 3.0,
         "generate_calls": 20,
@@ -150,8 +167,10 @@ def test_transcripts_metadata_sums_this_runs_shards():
         "preprocess_peak_rss_mib": 900,
         "transcribe_peak_rss_mib": 1800,
         "shards": 2,
+        "transcription_steps": 2,
     }
-    assert transcripts_metadata(transcripts, [], contents=7)["contents_from_cache"] == 7
+    cached = transcripts_metadata(transcripts, [], [], contents=7)
+    assert cached["contents_from_cache"] == 7 and "first_batch_seconds" not in cached
 
 
 @dg.op(retry_policy=dg.RetryPolicy(max_retries=1))

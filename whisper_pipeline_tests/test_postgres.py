@@ -112,7 +112,7 @@ def events(database, run_id: str, event_type: dg.DagsterEventType) -> list[tuple
 
 
 def is_transcription(step_key: str | None) -> bool:
-    return bool(step_key and re.search(r"\btranscribe_shard\[\w+\]$", step_key))
+    return bool(step_key and re.search(r"\btranscribe_shards\[\w+\]$", step_key))
 
 
 def test_cli_run_is_recorded_in_postgres(corpus, tmp_path, postgres_home, database):
@@ -160,7 +160,7 @@ def test_daemon_fails_a_sigkilled_run_and_the_rerun_completes(
     log_path = tmp_path / "first_run.log"
 
     def transcription_holds_the_slot() -> bool:
-        started = re.search(r"transcribe_shard\[\w+\] - STEP_START", log_path.read_text())
+        started = re.search(r"transcribe_shards\[\w+\] - STEP_START", log_path.read_text())
         return bool(started) and bool(held_gpu_slots(database))
 
     with open(log_path, "w") as log:
@@ -173,7 +173,7 @@ def test_daemon_fails_a_sigkilled_run_and_the_rerun_completes(
             start_new_session=True,
         )
     try:
-        wait_for(transcription_holds_the_slot, first, 600, "transcribe_shard held the gpu slot")
+        wait_for(transcription_holds_the_slot, first, 600, "transcribe_shards held the gpu slot")
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
     finally:

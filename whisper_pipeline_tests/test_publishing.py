@@ -358,8 +358,9 @@ def test_deployed_profiles_keep_op_outputs_under_the_storage_root(corpus, tmp_pa
     assert not failing.success  # write_tables refuses: the run's staging folder stays
     run_dir = root / "staging" / PARTITION / failing.run_id
     pickles = sorted(p.relative_to(run_dir / "io").as_posix() for p in run_dir.rglob("*.pkl"))
-    assert "transcript_tables.plan_shards/result.shard_00000.pkl" in pickles
-    assert "transcript_tables.transcribe_shard[shard_00000]/result.pkl" in pickles
+    assert "transcript_tables.plan_shards/shards.shard_00000.pkl" in pickles
+    assert "transcript_tables.plan_shards/groups.group_00000.pkl" in pickles
+    assert "transcript_tables.transcribe_shards[group_00000]/result.pkl" in pickles
     result = materialize(root, PARTITION, profile="production")
     assert result.success, step_failures(result)
     assert not (root / "staging" / PARTITION / result.run_id).exists()  # removed on publishing

@@ -8,8 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from whisper_pipeline.core import streaming
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline.defs.assets import manifest, transcription
+from whisper_pipeline.defs.assets import manifest
 from whisper_pipeline.defs.landing import landing_states
 from whisper_pipeline.resources import storage as storage_module
 from whisper_pipeline_tests.doubles import FakeTranscriber, FakeTranscriberResource
@@ -95,7 +96,7 @@ def test_a_storage_error_after_transcription_retries_the_write_not_the_transcrip
     shutil.copy(corpus / ORIGINAL, landing / "a.wav")
     shutil.copy(corpus / REPLACEMENT, landing / "b.flac")
     monkeypatch.setattr(storage_module, "WRITE_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
-    write_results = transcription.write_results
+    write_results = streaming.write_results
     calls = {"writes": 0, "transcribed": 0}
 
     def flaky_write(*args, **kwargs):  # an S3 5xx on the first two attempts
@@ -110,7 +111,7 @@ def test_a_storage_error_after_transcription_retries_the_write_not_the_transcrip
         calls["transcribed"] += len(chunks)
         return transcribe(self, chunks)
 
-    monkeypatch.setattr(transcription, "write_results", flaky_write)
+    monkeypatch.setattr(streaming, "write_results", flaky_write)
     monkeypatch.setattr(FakeTranscriber, "transcribe", counting)
     result = materialize(tmp_path, PARTITION)
     assert result.success, step_failures(result)

@@ -559,19 +559,19 @@ def test_killing_a_ui_launched_run_ends_its_transcription_and_frees_the_slot(dag
         if run_id not in instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids:
             return None
         steps = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
-        pids = [e.dagster_event.pid for e in steps if ".transcribe_shard" in e.step_key]
+        pids = [e.dagster_event.pid for e in steps if ".transcribe_shards" in e.step_key]
         return pids[0] if pids else None
 
     deadline = time.monotonic() + RUN_BOUND_S
     while (step_pid := transcription_step_pid()) is None:
         assert dagster_dev.run(run_id)["status"] not in FINISHED, dagster_dev.step_failures(run_id)
-        assert time.monotonic() < deadline, "transcribe_shard never held the gpu slot"
+        assert time.monotonic() < deadline, "transcribe_shards never held the gpu slot"
         time.sleep(0.2)
     run_pid = int(instance.get_run_by_id(run_id).tags[PID_TAG])
     os.kill(run_pid, signal.SIGKILL)
     killed_at = time.monotonic()
     while process_start_ticks(step_pid) is not None:
-        assert time.monotonic() - killed_at < KILL_BOUND_S, "transcribe_shard outlived its run"
+        assert time.monotonic() - killed_at < KILL_BOUND_S, "transcribe_shards outlived its run"
         time.sleep(0.05)
     while run_id in instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids:
         assert time.monotonic() - killed_at < SLOT_BOUND_S, "the gpu slot is still held"

@@ -87,6 +87,8 @@ class BatchTranscriber:
         unpacked: Packed chunks decoded alone or packed again, by reason (``core.packing``).
         packing_stopped: Whether the last ``transcribe_waves`` call stopped packing
             (``core.scheduler.PACK_STOP_OUT_FRACTION``).
+        busy_s: Wall seconds of the last ``transcribe_waves`` call with a batch in the model.
+        first_batch_at: ``time.monotonic()`` when its first batch went to the model, or ``None``.
     """
 
     def __init__(self, model: WhisperModel, options: DecodingOptions, sampler=None):
@@ -108,6 +110,8 @@ class BatchTranscriber:
         )
         self.unpacked: Counter[str] = Counter()
         self.packing_stopped = False
+        self.busy_s = 0.0
+        self.first_batch_at: float | None = None
 
     @property
     def generate_calls(self) -> int:
@@ -115,19 +119,9 @@ class BatchTranscriber:
         return self.decoder.calls
 
     @property
-    def align_calls(self) -> int:
-        """Batched word-alignment calls made."""
-        return self.aligner.calls
-
-    @property
     def align_s(self) -> float:
         """Seconds of word alignment, summed over the worker threads."""
         return self.aligner.seconds
-
-    @property
-    def align_failures(self) -> int:
-        """Rows whose word alignment failed (they keep their text, without words)."""
-        return self.aligner.failures
 
     def transcribe(self, chunks: Iterable[ChunkInput]) -> list[ChunkResult]:
         """Transcribe chunks in length-sorted batches, with batched seeks.
@@ -160,7 +154,8 @@ class BatchTranscriber:
 
         Args:
             waves: Lists of chunks (from any number of files; keys unique across all waves),
-                consumed lazily, one list at a time.
+                consumed lazily, one list at a time; an empty list while none is ready (a
+                source still being written, ``core.streaming.StagedChunks``).
             refill: Waiting windows below which the next wave is taken in; default two batches
                 per worker (``benchmarks/RESULTS.md`` compares it with one).
 

@@ -11,6 +11,7 @@ than ``MAX_SEEK_ROUNDS`` windows.
 
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -25,6 +26,11 @@ logger = logging.getLogger(__name__)
 MAX_SEEK_ROUNDS = 8
 """Windows decoded per chunk at most (its first and its continuations); a 30 s chunk rarely
 needs more than two."""
+
+IDLE_WAIT_S = 0.05
+"""Seconds the scheduler waits before asking again for a wave when its source had none ready
+(an empty wave: chunks still being preprocessed, ``core.streaming.StagedChunks``) and no job
+is in flight."""
 
 PACK_STOP_MIN_CHUNKS = 16
 """Chunks decoded in packed windows before ``PACK_STOP_OUT_FRACTION`` is judged."""
@@ -46,17 +52,21 @@ class Job(NamedTuple):
 
 
 class SchedulerClient(Protocol):
-    """What a ``Scheduler`` reads its settings from and reports packing to.
+    """What a ``Scheduler`` reads its settings from and reports packing and busy time to.
 
-    ``BatchTranscriber`` is one. ``unpacked`` and ``packing_stopped`` are the client's public
-    report of the call: the scheduler adds the chunks that came out of packed windows, by
-    reason, and sets ``packing_stopped`` when it stops packing.
+    ``BatchTranscriber`` is one. ``unpacked``, ``packing_stopped``, ``busy_s`` and
+    ``first_batch_at`` are the client's public report of the call: the scheduler adds the
+    chunks that came out of packed windows, by reason, sets ``packing_stopped`` when it stops
+    packing, sets ``busy_s`` to the wall seconds with at least one job in flight (the model
+    busy) and ``first_batch_at`` to the ``time.monotonic()`` of the first job.
     """
 
     options: DecodingOptions
     fixed_language: str | None
     unpacked: Counter[str]
     packing_stopped: bool
+    busy_s: float
+    first_batch_at: float | None
 
     def fallback_size(self) -> int:
         """Rows per temperature-fallback job."""
@@ -92,6 +102,7 @@ class Scheduler:
         self.more = True
         self.packing = client.options.pack_windows and client.fixed_language is not None
         self.packed_chunks = self.packed_out = 0
+        client.busy_s, client.first_batch_at = 0.0, None
 
     def run(
         self,
@@ -104,10 +115,11 @@ class Scheduler:
 
         Whenever a worker is free it gets the next job; a finished job's outcomes join the
         queue at once, and the next wave is taken in whenever fewer than ``refill`` windows
-        wait.
+        wait. An empty wave means the source has nothing ready yet: the scheduler goes on with
+        what it has, and when that is nothing, waits ``IDLE_WAIT_S`` and asks again.
 
         Args:
-            waves: Lists of chunks, consumed lazily.
+            waves: Lists of chunks, consumed lazily; empty while none is ready.
             workers: Jobs in flight at most (the model's CTranslate2 workers).
             decode_batch: ``windows -> an outcome per window`` (a first pass).
             fallback_group: ``retries -> an outcome per retry`` (temperature fallback).
@@ -123,13 +135,24 @@ class Scheduler:
                     job = self.next_job(workers - len(in_flight))
                     if job is None:
                         break
+                    if not in_flight:
+                        busy_since = time.monotonic()
+                        client = self._client
+                        client.first_batch_at = client.first_batch_at or busy_since
                     work = fallback_group if job.fallback else decode_batch
                     in_flight[executor.submit(work, job.items)] = job
                 if not in_flight:
-                    break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    if not self.more:
+                        break
+                    time.sleep(IDLE_WAIT_S)
+                    continue
+                # A worker left idle asks the source again soon: new chunks may be staged.
+                timeout = IDLE_WAIT_S if self.more and len(in_flight) < workers else None
+                done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
                 for future in done:
                     self.finish(in_flight.pop(future), future.result())
+                if not in_flight:
+                    self._client.busy_s += time.monotonic() - busy_since
                 finished = self.finished_results(in_flight.values())
                 if finished:
                     yield finished
@@ -140,6 +163,8 @@ class Scheduler:
             wave = next(waves, None)
             if wave is None:
                 self.more = False
+                return
+            if not wave:  # nothing ready yet
                 return
             for chunk in wave:
                 self.results[chunk.key] = ChunkResult(key=chunk.key)

@@ -1,10 +1,14 @@
-"""Pick a partition's files still to transcribe and split them into shards of equal audio."""
+"""Files still to transcribe, split into shards of equal audio, spread over transcription steps."""
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from whisper_pipeline.core.schema import STATUS_OK
+
+T = TypeVar("T")
 
 ESTIMATED_BYTES_PER_S = 16000
 """Bytes per second assumed for a file whose duration is unknown (raw ADTS AAC declares none):
@@ -82,3 +86,25 @@ def pending_files(
 def shard_count(total_s: float, per_shard_s: float, max_shards: int) -> int:
     """Shards for ``total_s`` seconds of audio: one per ``per_shard_s``, 1 to ``max_shards``."""
     return max(1, min(max_shards, math.ceil(total_s / per_shard_s)))
+
+
+def group_shards(shards: list[T], steps: int) -> list[list[T]]:
+    """Spread shards over at most ``steps`` transcription steps, round robin.
+
+    ``balance_shards`` already made the shards of about equal audio, so round robin gives each
+    step about the same. No step is left without a shard.
+
+    Args:
+        shards: The shards, in index order.
+        steps: Transcription steps wanted (>= 1).
+
+    Returns:
+        The non-empty groups, each shard in exactly one, in index order within a group.
+    """
+    count = max(1, min(steps, len(shards)))
+    return [group for group in (shards[start::count] for start in range(count)) if group]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's CPU set)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

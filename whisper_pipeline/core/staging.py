@@ -1,31 +1,36 @@
-"""The staging area: shard manifests, shards written and read back, results, clean-up.
+"""The staging area: shard manifests, shards written in parts, results, clean-up.
 
-Steps pass each other small manifests (``ShardPlan``, ``ShardFeatures``, ``ShardTranscripts``).
-A preprocessed shard is three files in ``staging/YYYY-MM-DD/<run id>/shard-NNNNN/``:
-``features.f32`` (every chunk's log-mel frames, float32, row-major ``(frames, n_mels)``, chunks
-one after another), ``chunks.parquet`` (``SHARD_CHUNKS``: where each chunk's frames are, its
-speech regions) and ``files.parquet`` (``SHARD_FILES``: per content, decoded duration, speech
-found, status and reason). Each content's result is one JSON object in the cache, or in the
-run's folder when it failed; folders of runs that are gone are removed (``remove_stale_runs``).
+Steps pass each other small manifests (``ShardPlan``, ``TranscriptionGroup``, ``ShardFeatures``,
+``GroupTranscripts``). A preprocessing step writes its shard in
+``staging/YYYY-MM-DD/<run id>/shard-NNNNN/`` as it goes, in parts committed about every second
+(``ShardWriter``): ``try-<hex>/part-NNNNN.f32`` (the part's chunks' log-mel frames, float32,
+row-major ``(frames, n_mels)``, one chunk after another), ``part-NNNNN.files.parquet``
+(``SHARD_FILES``: per content finished in the part, decoded duration, speech found, status,
+reason, chunk count) and ``part-NNNNN.chunks.parquet`` (``SHARD_CHUNKS``: where each chunk's
+frames are, its speech regions; written last, the part's commit mark). A finished shard also has
+``chunks.parquet`` and, written last, ``files.parquet``. Transcription steps read the parts while
+they are written (``core.streaming``). Each content's result is one JSON object in the cache, or
+in the run's folder when it failed; folders of runs that are gone are removed
+(``remove_stale_runs``).
 """
 
 import os
 import posixpath
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from whisper_pipeline.core.chunking import SpeechChunk
+from whisper_pipeline.core.chunking import N_FRAMES, SpeechChunk
 from whisper_pipeline.core.preprocess import PreprocessedFile
 from whisper_pipeline.core.results import ContentResult
 from whisper_pipeline.core.schema import STATUS_FAILED
 from whisper_pipeline.core.storage import Storage
-from whisper_pipeline.core.types import ChunkInput
 
 SHARD_FILES = pa.schema(
     [
@@ -34,12 +39,14 @@ SHARD_FILES = pa.schema(
         ("speech_duration_s", pa.float64()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("chunks", pa.int32()),
     ]
 )
 SHARD_CHUNKS = pa.schema(
     [
         ("content_sha256", pa.string()),
         ("chunk_index", pa.int32()),
+        ("part", pa.string()),
         ("frame_offset", pa.int64()),
         ("n_frames", pa.int32()),
         ("speech_starts", pa.list_(pa.int64())),
@@ -47,9 +54,22 @@ SHARD_CHUNKS = pa.schema(
     ]
 )
 
-FEATURES_FILE = "features.f32"
 CHUNKS_FILE = "chunks.parquet"
 FILES_FILE = "files.parquet"
+PART_FEATURES = ".f32"
+PART_CHUNKS = ".chunks.parquet"
+PART_FILES = ".files.parquet"
+"""Suffixes of a part's three files: ``part-NNNNN.f32`` (its chunks' frames), then
+``part-NNNNN.files.parquet`` and, last, ``part-NNNNN.chunks.parquet`` (its commit mark)."""
+
+PART_FRAMES = 64 * N_FRAMES
+"""Feature frames after which a part is committed: 64 full 30 s windows, 61 MiB of float32
+features at 80 mel bins (one object per part on S3)."""
+
+PART_AGE_S = 1.0
+"""Seconds after which a part is committed at its next chunk or file outcome, so a transcription
+step reading the shard while it is preprocessed waits about this long for new chunks
+(issue 29: the first batch within 5 s of the first preprocessing step)."""
 
 RESULT_THREADS = 8
 """Result files read or written at once (small objects; I/O-bound on object stores)."""
@@ -97,53 +117,110 @@ class ShardFeatures:
 
 
 @dataclass(frozen=True)
-class ShardTranscripts:
-    """Summary of a transcribed shard; its results are per content in the result cache.
+class TranscriptionGroup:
+    """Shards one transcription step reads as they are preprocessed; passed between steps.
 
     Attributes:
-        features: The preprocessed shard it came from.
-        transcribe_s: Wall seconds of batched decoding (model load excluded).
+        index: Group number, from 0.
+        run_dir: Staging folder of this run and partition.
+        options_key: Cache key of the model and decoding options (``core.results.ModelSpec``).
+        shards: The shards, each preprocessed by its own step.
+        redo: Transcribe contents with a cached result too (``plan_shards``' ``redo``).
+    """
+
+    index: int
+    run_dir: str
+    options_key: str
+    shards: tuple[ShardPlan, ...]
+    redo: bool = False
+
+    @property
+    def files(self) -> int:
+        """Distinct contents in the group's shards."""
+        return sum(len(shard.files) for shard in self.shards)
+
+
+@dataclass(frozen=True)
+class GroupTranscripts:
+    """Summary of a transcribed group; its results are per content in the result cache.
+
+    Attributes:
+        group: The group it transcribed.
+        audio_s: Decoded audio of the files transcribed, seconds.
+        transcribe_s: Wall seconds from the model loaded to the last result (waiting for
+            preprocessing included).
         model_load_s: Seconds spent loading the model in this step.
         generate_calls: CTranslate2 ``generate`` calls made (fallbacks and seeks included).
         peak_rss_mib: The step process's peak resident set size, MiB (``metrics.peak_rss_mib``).
         align_s: Seconds of word alignment inside ``transcribe_s`` (summed over the workers'
             calls, so it may exceed the wall time it took with several workers).
+        busy_s: Seconds with at least one batch in the model (``core.scheduler.Scheduler``).
+        first_batch_s: Seconds from the step's start to its first batch reaching the model;
+            ``None`` when no chunk was transcribed.
     """
 
-    features: ShardFeatures
+    group: TranscriptionGroup
+    audio_s: float
     transcribe_s: float
     model_load_s: float
     generate_calls: int
     peak_rss_mib: float
     align_s: float = 0.0
+    busy_s: float = 0.0
+    first_batch_s: float | None = None
 
 
 class ShardWriter:
-    """Writes a shard's three staging files while its files are preprocessed, one at a time.
+    """Writes a shard's staging files while its files are preprocessed, in parts.
 
-    A context manager: features stream to ``features.f32`` as chunks arrive (``add_chunk``,
-    the ``on_chunk`` sink of ``core.preprocess.preprocess_file``); ``chunks.parquet`` and
-    ``files.parquet`` are written on a clean exit, each atomically, so a shard with both
-    manifests is complete. ``source_path`` and ``spool_path`` are local scratch files for a
-    file's bytes and its decoded samples, removed on exit.
+    A context manager. Chunks' features stream to the current part's features file as they
+    arrive (``add_chunk``, the ``on_chunk`` sink of ``core.preprocess.preprocess_file``); a part
+    is committed (``flush``) once it holds ``part_frames`` frames, or once its oldest chunk or
+    file outcome has waited ``part_age_s`` seconds, so a transcription step reading the shard
+    (``core.streaming.StagedChunks``) gets its first chunks within about a second of their
+    preprocessing, whatever the shard's size. Parts go in a folder of this attempt
+    (``try-<hex>``), so a retried step never overwrites a part a reader holds. On a clean exit
+    the last part is committed, then the shard's ``chunks.parquet`` and, last,
+    ``files.parquet``: a shard with ``files.parquet`` is complete. ``source_path`` and
+    ``spool_path`` are local scratch files for a file's bytes and its decoded samples, removed
+    on exit.
 
     Args:
         store: The storage holding the staging area.
         shard_dir: The shard's staging folder (``ShardPlan.shard_dir``).
+        part_frames: Feature frames after which a part is committed (>= 1).
+        part_age_s: Seconds after which a part is committed at the next chunk or file.
+        clock: Monotonic seconds (``time.monotonic``; tests pass their own).
 
     Attributes:
         audio_s: Decoded audio of the files not failed, seconds.
         chunks: Chunk rows written so far (``SHARD_CHUNKS``).
         files: File rows written so far (``SHARD_FILES``).
+        parts: Parts committed so far.
     """
 
-    def __init__(self, store: Storage, shard_dir: str):
+    def __init__(
+        self,
+        store: Storage,
+        shard_dir: str,
+        part_frames: int = PART_FRAMES,
+        part_age_s: float = PART_AGE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.store = store
         self.shard_dir = shard_dir
+        self.part_frames = part_frames
+        self.part_age_s = part_age_s
+        self.clock = clock
         self.audio_s = 0.0
         self.chunks: list[dict] = []
         self.files: list[dict] = []
-        self._frame_offset = 0
+        self.parts = 0
+        self.attempt_dir = posixpath.join(shard_dir, f"try-{uuid.uuid4().hex[:12]}")
+        self._part_chunks: list[dict] = []
+        self._part_files: list[dict] = []
+        self._part_frames = 0
+        self._part_since: float | None = None
         self._features = None
         self._spool_dir = None
 
@@ -158,48 +235,93 @@ class ShardWriter:
         return os.path.join(self._spool_dir.name, "source")
 
     def __enter__(self) -> "ShardWriter":
-        self.store.makedirs(self.shard_dir)
+        self.store.makedirs(self.attempt_dir)
         self._spool_dir = tempfile.TemporaryDirectory(prefix="whisper-pipeline-")
-        features_path = posixpath.join(self.shard_dir, FEATURES_FILE)
-        self._features = self.store.fs.open(features_path, "wb")
         return self
+
+    def _part_path(self, suffix: str) -> str:
+        return posixpath.join(self.attempt_dir, f"part-{self.parts:05d}{suffix}")
+
+    def _started(self) -> None:
+        if self._part_since is None:
+            self._part_since = self.clock()
 
     def add_chunk(self, content_sha256: str, chunk: SpeechChunk, features: np.ndarray) -> None:
         """Append one chunk's log-mel ``features``, shape ``(n_mels, n_frames)``."""
+        if self._features is None:
+            self._features = self.store.fs.open(self._part_path(PART_FEATURES), "wb")
+        self._started()
         self._features.write(np.ascontiguousarray(features.T, dtype=np.float32).tobytes())
-        self.chunks.append(
-            {
-                "content_sha256": content_sha256,
-                "chunk_index": chunk.index,
-                "frame_offset": self._frame_offset,
-                "n_frames": features.shape[1],
-                "speech_starts": list(chunk.speech_starts),
-                "speech_ends": list(chunk.speech_ends),
-            }
-        )
-        self._frame_offset += features.shape[1]
+        row = {
+            "content_sha256": content_sha256,
+            "chunk_index": chunk.index,
+            "part": posixpath.relpath(self._part_path(PART_FEATURES), self.shard_dir),
+            "frame_offset": self._part_frames,
+            "n_frames": features.shape[1],
+            "speech_starts": list(chunk.speech_starts),
+            "speech_ends": list(chunk.speech_ends),
+        }
+        self._part_chunks.append(row)
+        self.chunks.append(row)
+        self._part_frames += features.shape[1]
+        self._maybe_flush()
 
     def add_file(self, content_sha256: str, outcome: PreprocessedFile) -> None:
         """Record one file's outcome after its chunks (``core.preprocess.preprocess_file``)."""
+        self._started()
         if outcome.status != STATUS_FAILED:
             self.audio_s += outcome.duration_s
-        self.files.append(
-            {
-                "content_sha256": content_sha256,
-                "duration_s": outcome.duration_s,
-                "speech_duration_s": outcome.speech_s,
-                "status": outcome.status,
-                "error": outcome.error,
-            }
+        row = {
+            "content_sha256": content_sha256,
+            "duration_s": outcome.duration_s,
+            "speech_duration_s": outcome.speech_s,
+            "status": outcome.status,
+            "error": outcome.error,
+            "chunks": outcome.chunks,
+        }
+        self._part_files.append(row)
+        self.files.append(row)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if self._part_frames >= self.part_frames or (
+            self._part_since is not None and self.clock() - self._part_since >= self.part_age_s
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the current part, if it holds anything.
+
+        Its features file is closed, then its file rows and, last, its chunk rows (the part's
+        commit mark) are written, each atomically.
+        """
+        if not self._part_chunks and not self._part_files:
+            return
+        if self._features is not None:
+            self._features.close()
+            self._features = None
+        self.store.write_parquet(
+            self._part_path(PART_FILES), pa.Table.from_pylist(self._part_files, schema=SHARD_FILES)
         )
+        self.store.write_parquet(
+            self._part_path(PART_CHUNKS),
+            pa.Table.from_pylist(self._part_chunks, schema=SHARD_CHUNKS),
+        )
+        self.parts += 1
+        self._part_chunks, self._part_files = [], []
+        self._part_frames = 0
+        self._part_since = None
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
-            self._features.close()
+            if self._features is not None:
+                self._features.close()
         finally:
             self._spool_dir.cleanup()
         if exc_type is not None:
             return
+        self._features = None
+        self.flush()
         self.store.write_parquet(
             posixpath.join(self.shard_dir, CHUNKS_FILE),
             pa.Table.from_pylist(self.chunks, schema=SHARD_CHUNKS),
@@ -267,73 +389,6 @@ def read_results(
 STAGING_MAX_AGE_S = 24 * 3600.0
 """Staging folders of runs the instance does not record (deleted runs, another instance) are
 removed once their newest file is older than this."""
-
-
-def read_chunk_rows(store: Storage, shard_dir: str) -> list[dict]:
-    """The ``chunks.parquet`` rows of a preprocessed shard, in staging order.
-
-    Raises:
-        FileNotFoundError: The shard was never preprocessed.
-    """
-    return store.read_parquet(posixpath.join(shard_dir, CHUNKS_FILE)).to_pylist()
-
-
-def chunk_waves(
-    store: Storage, shard_dir: str, n_mels: int, wave_frames: int, local_dir: str
-) -> Iterator[list[ChunkInput]]:
-    """Read a preprocessed shard back as model inputs, about ``wave_frames`` frames at a time.
-
-    Chunks come longest first (so a wave's batches hold chunks of similar length) and are keyed
-    ``(content_sha256, chunk_index)``. A wave holds the next chunks whose frames add up to at
-    most ``wave_frames`` (a longer chunk makes a wave of its own). Each wave memory-maps the
-    features file afresh and drops the map when the caller moves on, so the feature pages kept
-    resident are bounded by the wave, not the shard. A remote features file is downloaded into
-    ``local_dir`` first.
-
-    Args:
-        store: The storage holding the shard.
-        shard_dir: The shard's staging folder.
-        n_mels: Mel bins per frame (80; 128 for large-v3).
-        wave_frames: Feature frames per wave (>= 1; 100 frames are 1 s of audio).
-        local_dir: A local scratch folder that outlives the iteration.
-
-    Yields:
-        Non-empty lists of ``ChunkInput`` with ``features`` of shape ``(n_mels, n_frames)``,
-        float32 (read-only views of the map).
-
-    Raises:
-        ValueError: ``wave_frames`` is not positive.
-    """
-    if wave_frames < 1:
-        raise ValueError(f"wave_frames must be positive, got {wave_frames}")
-    rows = sorted(read_chunk_rows(store, shard_dir), key=lambda r: -r["n_frames"])
-    if not rows:
-        return
-    features_path = posixpath.join(shard_dir, FEATURES_FILE)
-    if not store.is_local:
-        local_path = os.path.join(local_dir, FEATURES_FILE)
-        store.fs.get_file(features_path, local_path)
-        features_path = local_path
-    waves: list[list[dict]] = [[]]
-    held = 0
-    for row in rows:
-        if waves[-1] and held + row["n_frames"] > wave_frames:
-            waves.append([])
-            held = 0
-        waves[-1].append(row)
-        held += row["n_frames"]
-    for wave in waves:
-        frames = np.memmap(features_path, dtype=np.float32, mode="r").reshape(-1, n_mels)
-        yield [
-            ChunkInput(
-                key=(row["content_sha256"], row["chunk_index"]),
-                features=frames[row["frame_offset"] : row["frame_offset"] + row["n_frames"]].T,
-                speech_starts=tuple(row["speech_starts"]),
-                speech_ends=tuple(row["speech_ends"]),
-            )
-            for row in wave
-        ]
-        del frames
 
 
 RUN_ACTIVE, RUN_ENDED, RUN_UNKNOWN = "active", "ended", "unknown"

@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 
 from whisper_pipeline.core.schema import STATUS_FAILED, STATUS_NO_SPEECH, STATUS_OK
-from whisper_pipeline.core.staging import ShardTranscripts
+from whisper_pipeline.core.staging import GroupTranscripts, ShardFeatures
 
 STEP_ENDS = (
     dg.DagsterEventType.STEP_SUCCESS,
@@ -82,14 +82,15 @@ def idle_metrics(intervals: list[tuple], busy_s: float, run_started: float | Non
     """How much of the transcription window the accelerator was not decoding.
 
     The window runs from the first transcription step's start to the last one's end. Idle
-    time is the window less ``busy_s`` (seconds inside batched decoding, summed over steps):
-    waiting for preprocessing, step start-up, model loads, feature reads and result writes.
+    time is the window less ``busy_s`` (seconds with a batch in the model, summed over steps):
+    step start-up, the model load, waiting for preprocessing (transcription steps start with
+    the preprocessing steps), feature reads and result writes.
     What comes before the window (the manifest, planning, the first shard's preprocessing) is
     reported apart, as the start delay.
 
     Args:
         intervals: ``(start, end)`` epoch seconds of the transcription steps.
-        busy_s: Seconds spent in batched decoding across those steps.
+        busy_s: Seconds with a batch in the model, summed over those steps.
         run_started: Epoch seconds the run started (``RunStats.start_time``), if known.
 
     Returns:
@@ -149,35 +150,44 @@ def audio_files_metadata(files: pa.Table, transcripts: pa.Table) -> dict:
 
 
 def transcripts_metadata(
-    transcripts: pa.Table, shards: list[ShardTranscripts], contents: int
+    transcripts: pa.Table,
+    shards: list[ShardFeatures],
+    groups: list[GroupTranscripts],
+    contents: int,
 ) -> dict:
     """``transcripts`` materialization metadata: hours, this run's work and speed, memory.
 
     Args:
         transcripts: The partition's ``transcripts`` table.
-        shards: The shards this run transcribed (none when every content was cached).
+        shards: The shards this run preprocessed (none when every content was cached).
+        groups: The transcription steps' summaries.
         contents: Distinct readable contents in the partition (cached or transcribed now).
 
     Returns:
         Audio and speech hours, hours transcribed in this run, contents taken from the cache,
-        the real-time factor (decoding seconds per audio second), seconds per phase, generate
-        calls, peak RSS of the steps and the shard count. The caller adds the idle metrics
+        the real-time factor (transcription seconds per audio second), seconds per phase, the
+        model's busy seconds, the first batch's delay, generate calls, peak RSS of the steps,
+        the shard and transcription step counts. The caller adds the idle metrics
         (``idle_metrics``), the model (``ModelSpec.metadata``) and a preview.
     """
-    audio_s = sum(s.features.audio_s for s in shards)
-    transcribe_s = sum(s.transcribe_s for s in shards)
+    audio_s = sum(s.audio_s for s in shards)
+    transcribe_s = sum(g.transcribe_s for g in groups)
+    first = [g.first_batch_s for g in groups if g.first_batch_s is not None]
     return {
         "audio_hours": round(sum(transcripts.column("duration_s").to_pylist()) / 3600, 4),
         "speech_hours": round(sum(transcripts.column("speech_duration_s").to_pylist()) / 3600, 4),
         "audio_hours_transcribed_this_run": round(audio_s / 3600, 4),
-        "contents_from_cache": contents - sum(len(s.features.plan.files) for s in shards),
+        "contents_from_cache": contents - sum(len(s.plan.files) for s in shards),
         "real_time_factor": round(transcribe_s / audio_s, 4) if audio_s else 0.0,
         "transcribe_seconds": round(transcribe_s, 2),
-        "preprocess_seconds": round(sum(s.features.preprocess_s for s in shards), 2),
-        "model_load_seconds": round(sum(s.model_load_s for s in shards), 2),
-        "generate_calls": sum(s.generate_calls for s in shards),
-        "word_alignment_seconds": round(sum(s.align_s for s in shards), 2),
-        "preprocess_peak_rss_mib": round(max((s.features.peak_rss_mib for s in shards), default=0)),
-        "transcribe_peak_rss_mib": round(max((s.peak_rss_mib for s in shards), default=0)),
+        "model_busy_seconds": round(sum(g.busy_s for g in groups), 2),
+        **({"first_batch_seconds": round(min(first), 2)} if first else {}),
+        "preprocess_seconds": round(sum(s.preprocess_s for s in shards), 2),
+        "model_load_seconds": round(sum(g.model_load_s for g in groups), 2),
+        "generate_calls": sum(g.generate_calls for g in groups),
+        "word_alignment_seconds": round(sum(g.align_s for g in groups), 2),
+        "preprocess_peak_rss_mib": round(max((s.peak_rss_mib for s in shards), default=0)),
+        "transcribe_peak_rss_mib": round(max((g.peak_rss_mib for g in groups), default=0)),
         "shards": len(shards),
+        "transcription_steps": len(groups),
     }

@@ -13,10 +13,11 @@ from dagster_k8s import k8s_job_executor
 from whisper_pipeline.execution.profiles import K8S, PROFILE_ENV
 from whisper_pipeline.resources.storage import ROOT_ENV
 
-MAX_CONCURRENT_STEP_PODS = 8
-"""Step pods one run may have at once. A run with the default ``max_shards`` (4) has at most 8
-busy: four shards preprocessing while four transcribe (when the ``gpu`` pool lets them); four
-queued runs (``concurrency.runs``) then ask for at most 32 pods. Raise it with ``max_shards``."""
+MAX_CONCURRENT_STEP_PODS = 17
+"""Step pods one run may have at once: the most shards ``plan_shards`` makes by itself
+(``MAX_AUTO_SHARDS``, 16) preprocessing while the one transcription step reads them; four
+queued runs (``concurrency.runs``) then ask for at most 68 pods. Raise it with ``max_shards``
+or ``transcription_steps``."""
 
 STEP_SECURITY_CONTEXT = {
     # The image's user is numeric (Dockerfile), which runAsNonRoot needs to be checkable.

@@ -11,10 +11,15 @@ import gc
 import dagster as dg
 
 from whisper_pipeline.core.memory import hugepage_malloc_tunables
+from whisper_pipeline.core.sharding import usable_cores
 from whisper_pipeline.execution.placement import ACCELERATOR_TAG_KEY
 from whisper_pipeline.execution.profiles import CELERY, K8S, LOCAL
 
 EXECUTOR_CONFIG = {
+    # A step per core, and one more: a transcription step runs beside the preprocessing steps
+    # whose shards it reads (``plan_shards`` makes one shard per core), mostly waiting on the
+    # accelerator.
+    "max_concurrent": usable_cores() + 1,
     # One transcription step at a time within a run; the pool in dagster.yaml does the same
     # across runs.
     "tag_concurrency_limits": [{"key": ACCELERATOR_TAG_KEY, "value": "gpu", "limit": 1}],

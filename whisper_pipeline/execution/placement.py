@@ -57,8 +57,10 @@ CPU_OP_TAGS = {
 GPU_OP_TAGS = {
     ACCELERATOR_TAG_KEY: "gpu",
     CELERY_QUEUE_TAG: GPU_QUEUE,
-    # Ahead of waiting preprocessing steps, so the accelerator is kept busy.
-    "dagster/priority": "10",
+    # After the preprocessing steps it reads while they run (core.streaming): an in-process
+    # executor runs one step at a time, in priority order, so the shards are ready when it
+    # starts; the multiprocess executor has a slot for it beside every shard (max_concurrent).
+    "dagster/priority": "-1",
     K8S_CONFIG_TAG: {
         "container_config": {"resources": GPU_STEP_RESOURCES},
         "pod_spec_config": {

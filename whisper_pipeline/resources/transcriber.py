@@ -20,22 +20,31 @@ from whisper_pipeline.core.types import ChunkInput, ChunkResult, DecodingOptions
 
 
 class Transcriber(Protocol):
-    """What ``transcribe_shard`` uses of a transcriber (``core.batching.BatchTranscriber``).
+    """What ``transcribe_shards`` uses of a transcriber (``core.batching.BatchTranscriber``).
 
     Attributes:
         generate_calls: Decoder calls made so far.
         align_s: Seconds spent timing words so far.
         unpacked: Packed chunks decoded alone or packed again, by reason.
         packing_stopped: Whether the last ``transcribe_waves`` call stopped window packing.
+        busy_s: Wall seconds of the last ``transcribe_waves`` call with a batch in the model.
+        first_batch_at: ``time.monotonic()`` when its first batch reached the model, or
+            ``None``.
     """
 
     generate_calls: int
     align_s: float
     unpacked: Counter[str]
     packing_stopped: bool
+    busy_s: float
+    first_batch_at: float | None
 
     def transcribe_waves(self, waves: Iterable[list[ChunkInput]]) -> Iterator[list[ChunkResult]]:
-        """Results of the chunks of lazily read waves, each chunk's exactly once."""
+        """Results of the chunks of lazily read waves, each chunk's exactly once.
+
+        An empty wave means none is ready yet (``core.streaming.StagedChunks``): the
+        transcriber goes on with what it has, or waits briefly and asks again.
+        """
 
 
 MAX_SEED = 2**32 - 1

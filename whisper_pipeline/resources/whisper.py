@@ -6,12 +6,8 @@ from pydantic import PrivateAttr
 
 from whisper_pipeline.core.batching import BatchTranscriber
 from whisper_pipeline.core.results import ModelSpec
+from whisper_pipeline.core.sharding import usable_cores
 from whisper_pipeline.resources.transcriber import TranscriberResource
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's CPU set)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def cpu_parallelism(cpu_threads: int, num_workers: int, cores: int) -> tuple[int, int]:

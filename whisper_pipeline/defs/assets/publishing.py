@@ -21,7 +21,8 @@ from whisper_pipeline.core.schema import (
     TABLE_SCHEMAS,
 )
 from whisper_pipeline.core.staging import (
-    ShardTranscripts,
+    GroupTranscripts,
+    ShardFeatures,
     read_results,
     remove_run_dir,
 )
@@ -47,8 +48,11 @@ from whisper_pipeline.resources.storage import STORAGE_RETRY
 CHECK_OUTPUTS = [spec.get_python_identifier() for spec in CHECK_SPECS]
 """``write_tables``' output name of each asset check, as Dagster names a check's output."""
 
-TRANSCRIBE_OP_NAME = "transcribe_shard"
+TRANSCRIBE_OP_NAME = "transcribe_shards"
 """The transcription op, whose steps' busy and idle time ``write_tables`` reports."""
+
+PREPROCESS_OP_NAME = "preprocess_shard"
+"""The preprocessing op, whose failed steps a transcription step stops waiting for."""
 
 
 class WriteTablesConfig(dg.Config):
@@ -139,7 +143,8 @@ def write_tables(
     storage: StorageResource,
     whisper: TranscriberResource,
     audio_manifest: pa.Table,
-    shards: list[ShardTranscripts],
+    shards: list[ShardFeatures],
+    groups: list[GroupTranscripts],
 ):
     """Assemble the partition's tables, check them, and publish them if the checks pass.
 
@@ -200,8 +205,8 @@ def write_tables(
     intervals = step_intervals(context.instance, context.run_id, TRANSCRIBE_OP_NAME)
     run_started = context.instance.get_run_stats(context.run_id).start_time
     metadata = {
-        **transcripts_metadata(transcripts, shards, len(contents)),
-        **idle_metrics(intervals, sum(s.transcribe_s for s in shards), run_started),
+        **transcripts_metadata(transcripts, shards, groups, len(contents)),
+        **idle_metrics(intervals, sum(g.busy_s for g in groups), run_started),
         **spec.metadata(),
         # Read by whisper_pipeline.defs.landing: a partition with kept files is run again.
         KEPT_METADATA_KEY: len(kept),

@@ -1,7 +1,5 @@
-import posixpath
 import tempfile
 import time
-from datetime import UTC, datetime
 from functools import partial
 
 import dagster as dg
@@ -12,29 +10,34 @@ from whisper_pipeline.core.chunking import N_FRAMES
 from whisper_pipeline.core.memory import release_free_memory
 from whisper_pipeline.core.preprocess import changed_content, preprocess_file
 from whisper_pipeline.core.progress import Progress
-from whisper_pipeline.core.results import (
-    assemble,
-)
 from whisper_pipeline.core.schema import (
     TABLE_DESCRIPTIONS,
     TABLE_SCHEMAS,
 )
-from whisper_pipeline.core.sharding import balance_shards, pending_files, shard_count
+from whisper_pipeline.core.sharding import (
+    balance_shards,
+    group_shards,
+    pending_files,
+    shard_count,
+    usable_cores,
+)
 from whisper_pipeline.core.staging import (
-    FILES_FILE,
     RUN_ACTIVE,
     RUN_ENDED,
     RUN_UNKNOWN,
+    GroupTranscripts,
     ShardFeatures,
     ShardPlan,
-    ShardTranscripts,
     ShardWriter,
-    chunk_waves,
-    read_chunk_rows,
+    TranscriptionGroup,
     remove_stale_runs,
-    write_results,
 )
-from whisper_pipeline.defs.assets.publishing import TRANSCRIBE_OP_NAME, write_tables
+from whisper_pipeline.core.streaming import ResultWriter, StagedChunks
+from whisper_pipeline.defs.assets.publishing import (
+    PREPROCESS_OP_NAME,
+    TRANSCRIBE_OP_NAME,
+    write_tables,
+)
 from whisper_pipeline.defs.checks import (
     CHECK_SPECS,
 )
@@ -49,38 +52,39 @@ from whisper_pipeline.execution.placement import CPU_OP_TAGS, GPU_OP_TAGS, GPU_P
 from whisper_pipeline.resources import StorageResource, TranscriberResource
 from whisper_pipeline.resources.storage import STORAGE_RETRY, retry_write
 
-CPU_MIN_AUDIO_S_PER_SHARD = 1800.0
-"""Least audio per shard in seconds when the model runs on CPU: most partitions are one shard,
-as each extra shard costs two step processes and a model load (``benchmarks/RESULTS.md``,
-"Shard size on CPU")."""
+MIN_AUDIO_S_PER_SHARD = 300.0
+"""Least audio per shard in seconds by default: a shard costs a step process (about 0.2 s to
+launch, ``benchmarks/RESULTS.md``, "Step overhead"), and 5 minutes of audio take about a second
+to preprocess on one core."""
 
-GPU_MIN_AUDIO_S_PER_SHARD = 300.0
-"""Least audio per shard in seconds when the model runs on CUDA, where shards preprocess in
-parallel to keep the GPU busy."""
+MAX_AUTO_SHARDS = 16
+"""Most shards ``max_shards: 0`` (auto) makes: one per usable core of the planning step's
+machine, up to the 16 cores of the GPU machine ``benchmarks/device_check.sh`` targets."""
 
 
 class PlanShardsConfig(dg.Config):
-    """How a partition is split for parallel preprocessing.
+    """How a partition is split for parallel preprocessing and transcription.
 
     Attributes:
-        max_shards: Upper bound on shards, hence on preprocessing steps and model loads.
+        max_shards: Upper bound on shards, hence on preprocessing steps; 0 for one per usable
+            CPU core of the machine planning them (at most ``MAX_AUTO_SHARDS``).
         min_audio_s_per_shard: Fewer shards for small partitions: each shard gets at least this
-            much audio (seconds), since every step costs a process start. 0 for auto:
-            ``CPU_MIN_AUDIO_S_PER_SHARD`` when the model runs on CPU, else
-            ``GPU_MIN_AUDIO_S_PER_SHARD``.
+            much audio (seconds), since every step costs a process start.
+        transcription_steps: Transcription steps the shards are spread over, each a model load
+            on an accelerator of its own (the ``gpu`` pool bounds how many run at once); at most
+            one per shard. One keeps a partition on one GPU with one model load.
         redo: Transcribe every file again, even those with a cached result for the same
             content, model and options.
     """
 
-    max_shards: int = 4
-    min_audio_s_per_shard: float = 0.0
+    max_shards: int = 0
+    min_audio_s_per_shard: float = MIN_AUDIO_S_PER_SHARD
+    transcription_steps: int = 1
     redo: bool = False
 
-    def audio_s_per_shard(self, device: str) -> float:
-        """The least audio per shard in seconds, auto resolved for ``device`` (cpu/cuda)."""
-        if self.min_audio_s_per_shard > 0:
-            return self.min_audio_s_per_shard
-        return CPU_MIN_AUDIO_S_PER_SHARD if device == "cpu" else GPU_MIN_AUDIO_S_PER_SHARD
+    def shard_limit(self) -> int:
+        """``max_shards``, auto (0) resolved to the usable cores, at most ``MAX_AUTO_SHARDS``."""
+        return self.max_shards or min(usable_cores(), MAX_AUTO_SHARDS)
 
 
 def run_state(instance: dg.DagsterInstance, run_id: str) -> str:
@@ -91,7 +95,11 @@ def run_state(instance: dg.DagsterInstance, run_id: str) -> str:
     return RUN_ENDED if run.is_finished else RUN_ACTIVE
 
 
-@dg.op(out=dg.DynamicOut(ShardPlan), retry_policy=STORAGE_RETRY, tags=CPU_OP_TAGS)
+@dg.op(
+    out={"shards": dg.DynamicOut(ShardPlan), "groups": dg.DynamicOut(TranscriptionGroup)},
+    retry_policy=STORAGE_RETRY,
+    tags=CPU_OP_TAGS,
+)
 def plan_shards(
     context: dg.OpExecutionContext,
     config: PlanShardsConfig,
@@ -99,15 +107,24 @@ def plan_shards(
     whisper: TranscriberResource,
     audio_manifest: pa.Table,
 ):
-    """Group the readable files still to transcribe, one entry per distinct content, into shards.
+    """Group the readable files still to transcribe into shards, and the shards into groups.
 
-    Contents with a cached result for the same model and options are skipped (unless ``redo``):
-    a re-run, or a run after a crash, only does the work that is missing.
+    One entry per distinct content; contents with a cached result for the same model and
+    options are skipped (unless ``redo``): a re-run, or a run after a crash, only does the work
+    that is missing. Each shard is preprocessed by a step of its own (output ``shards``); each
+    group of shards is transcribed by one step (output ``groups``) that reads them while they
+    are preprocessed.
     """
-    if config.max_shards < 1 or config.min_audio_s_per_shard < 0:
+    if config.max_shards < 0 or config.min_audio_s_per_shard < 0:
         raise dg.Failure(
-            f"invalid plan_shards config: max_shards must be >= 1 (got {config.max_shards}) "
-            f"and min_audio_s_per_shard >= 0 (got {config.min_audio_s_per_shard})",
+            f"invalid plan_shards config: max_shards must be >= 0 (got {config.max_shards}; 0 for"
+            f" auto) and min_audio_s_per_shard >= 0 (got {config.min_audio_s_per_shard})",
+            allow_retries=False,
+        )
+    if config.transcription_steps < 1:
+        raise dg.Failure(
+            f"invalid plan_shards config: transcription_steps must be >= 1 (got "
+            f"{config.transcription_steps})",
             allow_retries=False,
         )
     record_orchestrator(context)  # runs re-executed without audio_manifest are watched too
@@ -122,20 +139,29 @@ def plan_shards(
     cached = set() if config.redo else store.cached_contents(spec.cache_key)
     pending, skipped = pending_files(audio_manifest.to_pylist(), cached, store.path_of)
     total = sum(f.balance_s for f in pending)
-    shards = shard_count(total, config.audio_s_per_shard(spec.device), config.max_shards)
+    shards = shard_count(total, config.min_audio_s_per_shard, config.shard_limit())
     groups = balance_shards(pending, shards) if pending else []
+    plans = [
+        ShardPlan(index, run_dir, spec.cache_key, tuple(
+            (f.content_sha256, f.path, f.duration_s) for f in group
+        ))
+        for index, group in enumerate(groups)
+    ]  # fmt: skip
+    steps = group_shards(plans, config.transcription_steps)
     context.log.info(
-        "%d distinct contents to transcribe (%.0f s of audio) in %d shards; %d already cached",
+        "%d distinct contents to transcribe (%.0f s of audio) in %d shards, %d transcription"
+        " steps; %d already cached",
         len(pending),
         total,
-        len(groups),
+        len(plans),
+        len(steps),
         skipped,
     )
-    for index, group in enumerate(groups):
-        files = tuple((f.content_sha256, f.path, f.duration_s) for f in group)
-        yield dg.DynamicOutput(
-            ShardPlan(index, run_dir, spec.cache_key, files), mapping_key=f"shard_{index:05d}"
-        )
+    for plan in plans:
+        yield dg.DynamicOutput(plan, output_name="shards", mapping_key=f"shard_{plan.index:05d}")
+    for index, members in enumerate(steps):
+        group = TranscriptionGroup(index, run_dir, spec.cache_key, tuple(members), config.redo)
+        yield dg.DynamicOutput(group, output_name="groups", mapping_key=f"group_{index:05d}")
 
 
 @dg.op(retry_policy=STORAGE_RETRY, tags=CPU_OP_TAGS)
@@ -199,14 +225,10 @@ def preprocess_shard(
 
 
 WAVE_BATCHES = 8
-"""A wave's size in first-pass batches of full 30 s windows (``core.staging.chunk_waves``): the
+"""A wave's size in first-pass batches of full 30 s windows (``core.streaming.StagedChunks``): the
 unit a transcription step reads and holds, at most two at once
 (``BatchTranscriber.transcribe_waves``). Counted in frames, not chunks, so a wave's feature
 memory is bounded whatever the chunks' lengths (docs/ARCHITECTURE.md, "core/staging.py")."""
-
-
-FRAMES_PER_SECOND = 100
-"""Log-mel feature frames per second of audio (hop of 160 samples at 16 kHz)."""
 
 
 def wave_frames(whisper: TranscriberResource) -> int:
@@ -232,83 +254,143 @@ def warn_unlimited_pool(context: dg.OpExecutionContext) -> None:
         )
 
 
+def failed_shards(context: dg.OpExecutionContext, group: TranscriptionGroup) -> set[int]:
+    """Indices of the group's shards whose preprocessing step failed for good in this run.
+
+    From the run's event log: a ``STEP_FAILURE`` (a step that will be retried reports
+    ``STEP_UP_FOR_RETRY`` instead), whichever process or pod ran it.
+    """
+    wanted = {
+        f"{PREPROCESS_OP_NAME}[shard_{shard.index:05d}]": shard.index for shard in group.shards
+    }
+    records = context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    return {
+        wanted[step]
+        for step in (record.step_key.rsplit(".", 1)[-1] for record in records if record.step_key)
+        if step in wanted
+    }
+
+
 @dg.op(
     retry_policy=STORAGE_RETRY,
     name=TRANSCRIBE_OP_NAME,
     pool=GPU_POOL,
     tags=GPU_OP_TAGS,
 )
-def transcribe_shard(
+def transcribe_shards(
     context: dg.OpExecutionContext,
-    shard: ShardFeatures,
+    group: TranscriptionGroup,
     storage: StorageResource,
     whisper: TranscriberResource,
-) -> ShardTranscripts:
-    """Transcribe a shard's chunks in cross-file micro-batches; one model load per step.
+) -> GroupTranscripts:
+    """Transcribe a group of shards while they are preprocessed, in cross-file micro-batches.
 
-    Runs one at a time per run (executor tag limit) and across runs (pool ``gpu``), and ahead
-    of waiting preprocessing steps (``dagster/priority``), so the accelerator is kept busy while
-    CPU steps prepare later shards. Each content's result goes to the result cache, or, when it
-    failed, to the run's staging folder (so the next run tries it again).
+    Starts with the group's preprocessing steps and loads the model while they decode; it then
+    reads each shard's parts as they are committed (``core.streaming.StagedChunks``), so the
+    first batch reaches the model within about a second of the first chunks, and decoding
+    overlaps preprocessing. One model load per step. Runs one at a time per run (executor tag
+    limit) and across runs (pool ``gpu``). Each content's result is written as soon as its last
+    chunk is decoded: to the result cache, or, when it failed, to the run's staging folder (so
+    the next run tries it again). A content already cached (a retried step, a re-executed run)
+    is not decoded again, unless ``plan_shards`` was told to ``redo``.
+
+    Raises:
+        dagster.Failure: A shard's preprocessing step failed; the results of every content
+            transcribed are written first, so a re-run does only the rest.
     """
+    started = time.monotonic()
     warn_unlimited_pool(context)
     store = storage.get()
-    frames = {
-        (r["content_sha256"], r["chunk_index"]): r["n_frames"]
-        for r in read_chunk_rows(store, shard.plan.shard_dir)
-    }
-    started = time.perf_counter()
+    contents = {sha for shard in group.shards for sha, _, _ in shard.files}
+    cached = set() if group.redo else store.cached_contents(group.options_key) & contents
     transcriber = whisper.transcriber()
-    loaded = time.perf_counter()
+    loaded = time.monotonic()
+    n_mels = whisper.feature_extractor().mel_filters.shape[0]
     usage = cpu_usage()
-    shard_dir = shard.plan.shard_dir
-    results = []
+    writer = ResultWriter(
+        store,
+        group.run_dir,
+        group.options_key,
+        cached,
+        partial(retry_write, log=context.log.warning),
+    )
+    declared = {sha: duration or 0.0 for shard in group.shards for sha, _, duration in shard.files}
     progress = Progress(
-        f"shard {shard.plan.index} transcription",
-        len(frames),
-        sum(frames.values()) / FRAMES_PER_SECOND,
-        unit="chunks",
+        f"group {group.index} transcription",
+        len(contents),
+        sum(declared.values()),
+        unit="files",
         log=context.log.info,
     )
+    if cached:
+        context.log.info("%d contents already cached, not transcribed again", len(cached))
     with tempfile.TemporaryDirectory(prefix="whisper-pipeline-") as local_dir, progress:
-        waves = chunk_waves(store, shard_dir, shard.n_mels, wave_frames(whisper), local_dir)
-        for done in transcriber.transcribe_waves(waves):
-            results += done
-            progress.advance(len(done), sum(frames[r.key] for r in done) / FRAMES_PER_SECOND)
-            release_free_memory()  # the heap must not grow with the chunks done (core.memory)
-    finished = time.perf_counter()
+        progress.advance(len(cached), sum(declared[sha] for sha in cached))
+        staged = StagedChunks(
+            store,
+            {shard.index: shard.shard_dir for shard in group.shards},
+            n_mels,
+            wave_frames(whisper),
+            local_dir,
+            skip=cached,
+            failed_shards=partial(failed_shards, context, group),
+        )
+        try:
+            for done in transcriber.transcribe_waves(staged.waves()):
+                writer.add(done)
+                written = writer.flush_complete(staged)
+                progress.advance(len(written), sum(declared[r["content_sha256"]] for r in written))
+                release_free_memory()  # the heap must not grow with the chunks done (core.memory)
+            written = writer.flush_complete(staged)  # files without chunks (failed, no speech)
+            progress.advance(len(written), sum(declared[r["content_sha256"]] for r in written))
+        finally:
+            writer.close()
+    finished = time.monotonic()
     decode_cpu = cpu_metadata(usage, cpu_usage())
-    files = store.read_parquet(posixpath.join(shard_dir, FILES_FILE)).to_pylist()
-    assembled = assemble(files, results, frames, datetime.now(UTC).isoformat())
-    # Retried here, not by the step: a step retry would transcribe the whole shard again.
-    retry_write(
-        lambda: write_results(store, shard.plan.run_dir, shard.plan.options_key, assembled),
-        f"shard {shard.plan.index}'s results",
-        context.log.warning,
-    )
+    if staged.given_up:
+        raise dg.Failure(
+            f"preprocessing failed for shards {sorted(staged.given_up)}; the results of the"
+            f" {len(writer.written) - len(cached)} contents transcribed were kept, so a re-run"
+            " transcribes only the rest",
+            allow_retries=False,
+        )
+    missing = contents - writer.written
+    if missing:
+        raise dg.Failure(
+            f"{len(missing)} contents of finished shards have no result (first: "
+            f"{sorted(missing)[0]}): their staged parts are incomplete",
+            allow_retries=False,
+        )
     decode_s = finished - loaded
+    first = transcriber.first_batch_at
+    first_batch_s = None if first is None else first - started
     peak = peak_rss_mib()
     context.log.info(
-        "shard %d: %d chunks, %.1f s audio in %.1f s (RTF %.3f), %d generate calls, "
-        "peak RSS %.0f MiB",
-        shard.plan.index,
-        len(frames),
-        shard.audio_s,
+        "group %d: %d shards, %d chunks, %.1f s audio in %.1f s (RTF %.3f), model busy %.1f s,"
+        " first batch %s s after the step's start, %d generate calls, peak RSS %.0f MiB",
+        group.index,
+        len(group.shards),
+        len(staged.frames),
+        writer.audio_s,
         decode_s,
-        decode_s / max(shard.audio_s, 1e-9),
+        decode_s / max(writer.audio_s, 1e-9),
+        transcriber.busy_s,
+        "-" if first_batch_s is None else f"{first_batch_s:.1f}",
         transcriber.generate_calls,
         peak,
     )
     if transcriber.packing_stopped:
         context.log.info(
-            "shard %d: window packing stopped (most packed chunks came back out): %s",
-            shard.plan.index,
+            "group %d: window packing stopped (most packed chunks came back out): %s",
+            group.index,
             dict(transcriber.unpacked),
         )
     context.add_output_metadata(
         {
             "transcribe_seconds": round(decode_s, 2),
             "model_load_seconds": round(loaded - started, 2),
+            "model_busy_seconds": round(transcriber.busy_s, 2),
+            **({} if first_batch_s is None else {"first_batch_seconds": round(first_batch_s, 2)}),
             "generate_calls": transcriber.generate_calls,
             "word_alignment_seconds": round(transcriber.align_s, 2),
             # CPU of the step's process while it decoded (all threads): a large system share
@@ -321,8 +403,16 @@ def transcribe_shard(
             "window_packing_stopped": transcriber.packing_stopped,
         }
     )
-    return ShardTranscripts(
-        shard, decode_s, loaded - started, transcriber.generate_calls, peak, transcriber.align_s
+    return GroupTranscripts(
+        group,
+        writer.audio_s,
+        decode_s,
+        loaded - started,
+        transcriber.generate_calls,
+        peak,
+        transcriber.align_s,
+        transcriber.busy_s,
+        first_batch_s,
     )
 
 
@@ -352,8 +442,11 @@ def table_out(name: str) -> dg.AssetOut:
     backfill_policy=dg.BackfillPolicy.multi_run(1),  # docs/ARCHITECTURE.md, "Backfill policy"
 )
 def transcript_tables(audio_manifest):
-    """Preprocess shards on CPU in parallel, transcribe them in micro-batches, publish tables."""
-    shards = plan_shards(audio_manifest)
-    transcribed = shards.map(lambda shard: transcribe_shard(preprocess_shard(shard)))
+    """Preprocess shards in parallel, transcribe them in micro-batches meanwhile, publish."""
+    shards, groups = plan_shards(audio_manifest)
+    features = shards.map(preprocess_shard)
+    # Transcription steps start with the preprocessing steps and read their shards as they
+    # are written (core.streaming), so they take the plans, not the preprocessed shards.
+    transcribed = groups.map(transcribe_shards)
     # Every output of write_tables: the four tables and one per asset check.
-    return write_tables(audio_manifest, transcribed.collect())._asdict()
+    return write_tables(audio_manifest, features.collect(), transcribed.collect())._asdict()
