@@ -29,14 +29,15 @@ def materialize(
     instance: dg.DagsterInstance | None = None,
     profile: str = "local",
     write_config: dict | None = None,
+    plan_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize every asset and check of ``partition`` in-process (never raises on failure).
 
     The storage root and endpoint come from run config only, as a launchpad user would set
     them; ``whisper`` defaults to ``FakeTranscriberResource``; ``write_config`` is the
-    ``write_tables`` op's config.
+    ``write_tables`` op's config, ``plan_config`` more of ``plan_shards``'.
     """
-    graph_ops = {"plan_shards": {"config": {"redo": redo}}}
+    graph_ops = {"plan_shards": {"config": {"redo": redo, **(plan_config or {})}}}
     if write_config is not None:
         graph_ops["write_tables"] = {"config": write_config}
     ops = {"transcript_tables": {"ops": graph_ops}}

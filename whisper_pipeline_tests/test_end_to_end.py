@@ -179,3 +179,24 @@ def test_transcription_steps_report_their_cpu_and_that_packing_is_off(corpus_run
         assert 0 <= report["cpu_system_seconds"] < 0.5 * report["cpu_user_seconds"], report
         assert report["window_packing_stopped"] is False, report
         assert report["packed_chunks_out"] == {}, report
+
+
+def test_transcription_starts_with_preprocessing_and_decodes_while_it_runs(corpus_run):
+    # The probe: a transcription step started only once its shard was preprocessed, so the
+    # model waited for the CPU steps (issue 29). Now the first transcription step starts with
+    # the preprocessing steps, in a process of its own, and reads their parts as they come.
+    import dagster as dg
+
+    from whisper_pipeline.defs.metrics import step_intervals
+
+    _, _, home = corpus_run
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        preprocessing = step_intervals(instance, run.run_id, "preprocess_shard")
+        transcription = step_intervals(instance, run.run_id, "transcribe_shards")
+    assert len(preprocessing) >= 2 and len(transcription) == 2  # SHARDED: two steps
+    first = min(start for start, _ in transcription)
+    assert first < min(end for _, end in preprocessing)
+    # The tag limit holds the second transcription step until the first is done.
+    (_, first_end), (second_start, _) = sorted(transcription)
+    assert second_start >= first_end

@@ -161,3 +161,51 @@ def test_a_transient_model_failure_never_replaces_a_good_transcript(corpus, tmp_
     assert result.success
     rows = {r["relative_path"]: r for r in read_tables(tmp_path, PARTITION)["audio_files"]}
     assert rows["a.wav"]["status"] == "failed" and rows["b.flac"]["status"] == "ok"
+
+
+def test_a_shard_whose_preprocessing_fails_is_given_up_and_the_other_shards_are_kept(
+    corpus, tmp_path, monkeypatch
+):
+    # The probe: the transcription step reads shards while their preprocessing steps write
+    # them, so it would wait forever for a shard whose step failed.
+    from whisper_pipeline.core.staging import ShardWriter
+
+    landing = tmp_path / "raw" / PARTITION
+    landing.mkdir(parents=True)
+    clips = {"jfk.flac": "short/jfk.flac", "a.wav": ORIGINAL, "b.wav": "short/lj001_0001.wav"}
+    for name, source in clips.items():
+        shutil.copy(corpus / source, landing / name)
+    broken = sha256(landing / "jfk.flac")
+    add_file = ShardWriter.add_file
+
+    def failing(self, content_sha256, outcome):
+        if content_sha256 == broken:
+            raise dg.Failure("injected: the shard's disk failed", allow_retries=False)
+        return add_file(self, content_sha256, outcome)
+
+    monkeypatch.setattr(ShardWriter, "add_file", failing)
+    three_shards = {"max_shards": 3, "min_audio_s_per_shard": 1}
+    result = materialize(tmp_path, PARTITION, plan_config=three_shards)
+    assert not result.success
+    failures = step_failures(result)
+    failed_shard = next(key for key in failures if "preprocess_shard" in key)
+    transcription = next(message for key, message in failures.items() if "transcribe" in key)
+    index = int(failed_shard.rsplit("_", 1)[1].rstrip("]"))
+    assert f"preprocessing failed for shards [{index}]" in transcription
+    assert "the results of the 2 contents transcribed were kept" in transcription
+    assert len(failures) == 2  # nothing else failed; publishing never ran
+    assert not (tmp_path / "tables").exists()
+
+    monkeypatch.setattr(ShardWriter, "add_file", add_file)
+    calls = {"transcribed": 0}
+    transcribe = FakeTranscriber.transcribe
+
+    def counting(self, chunks):
+        calls["transcribed"] += len(chunks)
+        return transcribe(self, chunks)
+
+    monkeypatch.setattr(FakeTranscriber, "transcribe", counting)
+    rerun = materialize(tmp_path, PARTITION, plan_config=three_shards)
+    assert rerun.success, step_failures(rerun)
+    assert calls["transcribed"] == 1  # only the given-up shard's clip: the others were cached
+    assert len(read_tables(tmp_path, PARTITION)["transcripts"]) == 3
