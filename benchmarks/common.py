@@ -289,16 +289,17 @@ def load_pipeline_model(config: ModelConfig):
 def prepare_chunks(inputs: list[AudioInput], feature_extractor) -> tuple[list, dict[str, str]]:
     """The pipeline's preprocessing of every input: ``(chunk inputs, errors by name)``.
 
-    Each file goes through ``core.preprocess.preprocess_file`` as in ``preprocess_shard``; chunk
-    keys are ``(name, chunk index)``.
+    Each file goes through ``core.preprocess.preprocess_file`` as in ``preprocess_shard``, numpy's
+    BLAS on one thread as there (``single_threaded_blas``); chunk keys are ``(name, chunk
+    index)``.
     """
-    from whisper_pipeline.core.preprocess import preprocess_file
+    from whisper_pipeline.core.preprocess import preprocess_file, single_threaded_blas
     from whisper_pipeline.core.schema import STATUS_FAILED
     from whisper_pipeline.core.types import ChunkInput
 
     errors: dict[str, str] = {}
     chunk_inputs = []
-    with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch:
+    with tempfile.TemporaryDirectory(prefix="whisper_bench_") as scratch, single_threaded_blas():
         spool_path = os.path.join(scratch, "audio.s16")
         for item in inputs:
 

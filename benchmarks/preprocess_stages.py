@@ -10,8 +10,10 @@ second, so a stage that gets faster by using more threads does not look better t
 
     python -m benchmarks.preprocess_stages [--inputs corpus,real-short,many-short] [--repeats 3]
 
-Each set is run ``--repeats`` times after one warm-up file; the best repeat of each stage is
-reported (the least disturbed by other work on the machine).
+Each set is run ``--repeats`` times after one warm-up file, in rounds alternating numpy's BLAS
+on its default threads (as preprocessing steps ran before ``core.preprocess.single_threaded_blas``)
+and on one thread (as they run now); the best repeat of each stage is reported (the least
+disturbed by other work on the machine), with the ratio of audio per CPU second between them.
 """
 
 import argparse
@@ -21,6 +23,7 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from benchmarks.common import DEFAULT_OUT, INPUT_SETS, cpu_model, load_input_set
 from whisper_pipeline.core import audio
@@ -72,8 +75,30 @@ def preprocess(path: str, extractor, spool_path: str, clock: Clock) -> tuple[flo
     return decoded.duration_s, len(chunks)
 
 
+MODES = ("default BLAS threads", "one BLAS thread")
+
+
+def table(best: dict[str, tuple[float, float]], seconds: float) -> list[str]:
+    """Markdown rows of one mode's best stages."""
+    total_cpu = sum(cpu for cpu, _ in best.values())
+    total_wall = sum(wall for _, wall in best.values())
+    rows = [
+        "| stage | CPU s | wall s | audio s per CPU s | share of CPU |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for stage in STAGES:
+        cpu, wall = best[stage]
+        rows.append(
+            f"| {stage} | {cpu:.2f} | {wall:.2f} | {seconds / cpu:.0f} | {cpu / total_cpu:.0%} |"
+        )
+    rows.append(
+        f"| **all** | {total_cpu:.2f} | {total_wall:.2f} | {seconds / total_cpu:.0f} | 100% |"
+    )
+    return rows
+
+
 def main() -> None:
-    """Time every stage on each input set and print one table per set."""
+    """Time every stage on each input set, in both modes, and print the tables."""
     from faster_whisper.feature_extractor import FeatureExtractor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,30 +113,27 @@ def main() -> None:
             assert name in INPUT_SETS, name
             inputs = load_input_set(name, None, 120, DEFAULT_OUT)
             preprocess(inputs[0].path, extractor, spool_path, Clock())  # warm-up
-            best: dict[str, tuple[float, float]] = {}
+            best: dict[str, dict[str, tuple[float, float]]] = {mode: {} for mode in MODES}
             for _ in range(args.repeats):
-                clock, seconds, chunks = Clock(), 0.0, 0
-                for item in inputs:
-                    decoded_s, count = preprocess(item.path, extractor, spool_path, clock)
-                    seconds, chunks = seconds + decoded_s, chunks + count
-                for stage in STAGES:
-                    if stage not in best or clock.cpu[stage] < best[stage][0]:
-                        best[stage] = (clock.cpu[stage], clock.wall[stage])
-            total_cpu = sum(cpu for cpu, _ in best.values())
-            total_wall = sum(wall for _, wall in best.values())
+                for mode in MODES:
+                    limit = None if mode == MODES[0] else 1
+                    clock, seconds, chunks = Clock(), 0.0, 0
+                    with threadpool_limits(limits=limit, user_api="blas"):
+                        for item in inputs:
+                            decoded_s, count = preprocess(item.path, extractor, spool_path, clock)
+                            seconds, chunks = seconds + decoded_s, chunks + count
+                    for stage in STAGES:
+                        kept = best[mode].get(stage)
+                        if kept is None or clock.cpu[stage] < kept[0]:
+                            best[mode][stage] = (clock.cpu[stage], clock.wall[stage])
             print(f"### {name}: {len(inputs)} files, {seconds:.0f} s of audio, {chunks} chunks\n")
-            print("| stage | CPU s | wall s | audio s per CPU s | share of CPU |")
-            print("|---|--:|--:|--:|--:|")
-            for stage in STAGES:
-                cpu, wall = best[stage]
-                print(
-                    f"| {stage} | {cpu:.2f} | {wall:.2f} | {seconds / cpu:.0f} |"
-                    f" {cpu / total_cpu:.0%} |"
-                )
-            print(
-                f"| **all** | {total_cpu:.2f} | {total_wall:.2f} | {seconds / total_cpu:.0f} |"
-                " 100% |\n"
-            )
+            totals = {}
+            for mode in MODES:
+                print(f"{mode}:\n")
+                print("\n".join(table(best[mode], seconds)) + "\n")
+                totals[mode] = sum(cpu for cpu, _ in best[mode].values())
+            print(f"audio per CPU second, one thread against default: "
+                  f"{totals[MODES[0]] / totals[MODES[1]]:.2f}x\n")  # fmt: skip
 
 
 if __name__ == "__main__":

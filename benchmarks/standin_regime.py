@@ -56,12 +56,13 @@ def cpu_seconds() -> float:
 
 
 def preprocess_cpu(inputs: list[AudioInput]) -> dict:
-    """Preprocess every input as ``prepare_chunks`` does, keeping only counts.
+    """Preprocess every input as ``prepare_chunks`` does (numpy's BLAS on one thread, as in a
+    preprocessing step), keeping only counts.
 
     Returns:
         ``cpu_s`` and ``wall_s`` of the preprocessing, ``chunks`` and ``failed`` files.
     """
-    from whisper_pipeline.core.preprocess import preprocess_file
+    from whisper_pipeline.core.preprocess import preprocess_file, single_threaded_blas
     from whisper_pipeline.core.schema import STATUS_FAILED
     from whisper_pipeline.resources.whisper import bundled_model_path, model_feature_extractor
 
@@ -73,7 +74,7 @@ def preprocess_cpu(inputs: list[AudioInput]) -> dict:
         chunks += 1
 
     started_cpu, started = cpu_seconds(), time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="standin_regime_") as scratch:
+    with tempfile.TemporaryDirectory(prefix="standin_regime_") as scratch, single_threaded_blas():
         spool_path = os.path.join(scratch, "audio.s16")
         for item in inputs:
             with open(item.path, "rb") as handle:

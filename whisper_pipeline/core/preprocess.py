@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
+from threadpoolctl import threadpool_limits
 
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.chunking import SpeechChunk, log_mel, split_spooled
@@ -50,6 +51,20 @@ class PreprocessedFile:
     chunks: int
     status: str
     error: str
+
+
+def single_threaded_blas() -> threadpool_limits:
+    """A context in which numpy's BLAS (OpenBLAS) runs on the calling thread only.
+
+    Preprocessing's one BLAS call, the log-mel filter bank's matrix product, is small, and
+    OpenBLAS's worker threads spin after each call: on the corpus, one preprocessing process
+    took 6.0 CPU s with its default threads and 3.4 s with one, in the same 3.4-3.5 s of wall
+    time (``benchmarks/RESULTS.md``, "Preprocessing per stage"); the spinning also took cores
+    from the other shards' steps. Preprocessing runs in parallel across shards instead, one
+    step per core. ``threadpoolctl`` sets the limit at run time, as the library is already
+    loaded (by the forkserver's imports, say) when a step starts.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def changed_content(staged_sha256: str, decoded_sha256: str) -> PreprocessedFile:

@@ -8,7 +8,11 @@ import pyarrow as pa
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.chunking import N_FRAMES
 from whisper_pipeline.core.memory import release_free_memory
-from whisper_pipeline.core.preprocess import changed_content, preprocess_file
+from whisper_pipeline.core.preprocess import (
+    changed_content,
+    preprocess_file,
+    single_threaded_blas,
+)
 from whisper_pipeline.core.progress import Progress
 from whisper_pipeline.core.schema import (
     TABLE_DESCRIPTIONS,
@@ -188,7 +192,7 @@ def preprocess_shard(
         unit="files",
         log=context.log.info,
     )
-    with ShardWriter(store, shard.shard_dir) as writer, progress:
+    with single_threaded_blas(), ShardWriter(store, shard.shard_dir) as writer, progress:
         for sha, path, declared in progress.each(shard.files, lambda f: f[2] or 0.0):
             # Decoded from a local copy hashed while it is made: what is transcribed (and cached
             # under ``sha``) is provably the content audio_manifest hashed.
