@@ -24,7 +24,6 @@ from whisper_pipeline.core.staging import (
     FILES_FILE,
     PART_CHUNKS,
     PART_FILES,
-    RESULT_THREADS,
     write_results,
 )
 from whisper_pipeline.core.storage import Storage
@@ -218,8 +217,8 @@ class ResultWriter:
     """Writes each content's result as soon as its last chunk is decoded, in the background.
 
     Results go to the cache, or to the run's folder when the content failed
-    (``core.staging.write_results``), on ``RESULT_THREADS`` threads, so the thread feeding the
-    model never waits on storage.
+    (``core.staging.write_results``, ``RESULT_THREADS`` files at a time), from one background
+    thread, so the thread feeding the model never waits on storage.
 
     Args:
         store: The storage root.
@@ -249,7 +248,7 @@ class ResultWriter:
         self.retry = retry
         self.audio_s = 0.0
         self._chunks: dict[str, list[ChunkResult]] = defaultdict(list)
-        self._pool = ThreadPoolExecutor(RESULT_THREADS, thread_name_prefix="results")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="results")
         self._futures: list[Future] = []
 
     def add(self, results: list[ChunkResult]) -> None:
