@@ -99,29 +99,41 @@ def stage(inputs: list[AudioInput], landing: Path) -> None:
             shutil.copyfile(item.path, target)
 
 
-def run_partition(inputs: list[AudioInput], recording: Path, scratch: Path, log: Path) -> dict:
+def run_partition(
+    inputs: list[AudioInput], recording: Path | None, scratch: Path, log: Path
+) -> dict:
     """Materialize the partition with the stand-in; wall time, outcome and event-log marks.
+
+    Args:
+        inputs: The partition's files.
+        recording: The stand-in's recording; ``None`` runs the real model.
+        scratch: A folder for the storage root and ``DAGSTER_HOME``.
+        log: Where the CLI's output goes.
 
     Returns:
         ``wall_s``, ``returncode``, ``status``, ``started`` (epoch s), ``steps`` (step key ->
         event type -> seconds from the start), ``first_event_s``/``last_event_s``,
         ``first_generate_s`` (earliest first ``generate`` call of any process, from the start;
-        ``None`` when none logged), ``transcripts`` and ``transcripts_with_text`` rows.
+        ``None`` when none logged or without the stand-in), ``transcripts`` and
+        ``transcripts_with_text`` rows, and ``metadata``: the ``transcripts`` materialization's
+        numeric metadata (peak RSS per step kind, model busy seconds, ...).
     """
     import pyarrow.parquet as pq
-    from dagster import DagsterInstance
+    from dagster import AssetKey, DagsterInstance
 
     root, home = scratch / "root", scratch / "dagster_home"
     stage(inputs, root / "raw" / PARTITION)
     fresh_dagster_home(home)
     generate_log = scratch / "first_generate.txt"
-    python_path = [str(STANDIN_PATH), str(REPOSITORY), os.environ.get("PYTHONPATH", "")]
+    standin = [str(STANDIN_PATH)] if recording is not None else []
+    python_path = [*standin, str(REPOSITORY), os.environ.get("PYTHONPATH", "")]
+    replay = {RECORDING_ENV: str(recording), FIRST_GENERATE_ENV: str(generate_log)}
     env = dict(
         os.environ,
         DAGSTER_HOME=str(home),
         WHISPER_PIPELINE_ROOT=str(root),
         PYTHONPATH=os.pathsep.join(part for part in python_path if part),
-        **{RECORDING_ENV: str(recording), FIRST_GENERATE_ENV: str(generate_log)},
+        **(replay if recording is not None else {}),
     )
     started = time.time()
     with open(log, "w") as handle:
@@ -138,6 +150,12 @@ def run_partition(inputs: list[AudioInput], recording: Path, scratch: Path, log:
             for step, marks in step_marks(instance, run.run_id).items()
         }
         status = run.status.value
+        event = instance.get_latest_materialization_event(AssetKey("transcripts"))
+    metadata = {}
+    if event is not None:
+        for key, value in event.asset_materialization.metadata.items():
+            if isinstance(value.value, int | float):
+                metadata[key] = value.value
     firsts = []
     if generate_log.exists():
         firsts = [float(line.split()[0]) for line in generate_log.read_text().splitlines()]
@@ -157,6 +175,7 @@ def run_partition(inputs: list[AudioInput], recording: Path, scratch: Path, log:
         "generate_processes": len(firsts),
         "transcripts": len(texts),
         "transcripts_with_text": sum(bool(text and text.strip()) for text in texts),
+        "metadata": metadata,
     }
 
 

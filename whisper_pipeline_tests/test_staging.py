@@ -297,3 +297,33 @@ def test_results_go_to_the_cache_and_failures_stay_with_the_run(tmp_path):
     # A failure of this run wins over an older cached result of the same content.
     write_results(store, run_dir, "key1", [ContentResult("a" * 64, "failed", error="oom")])
     assert read_results(store, run_dir, "key1", ["a" * 64])["a" * 64].status == "failed"
+
+
+def test_parts_committed_after_a_poll_are_seen_on_s3(s3_server, monkeypatch, tmp_path):
+    # The probe: s3fs caches folder listings, so a reader that listed a shard's folder before
+    # another process committed its parts kept seeing none and waited for the shard forever.
+    import uuid
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"staging-{uuid.uuid4().hex[:12]}"
+    s3_server.put_objects(bucket, {"root/.keep": b""})
+    options = {"client_kwargs": {"endpoint_url": s3_server.endpoint_url}}
+    # Writer and reader in processes of their own: two file systems, two listing caches.
+    writes, reads = (
+        Storage(f"s3://{bucket}/root", {**options, "skip_instance_cache": True}) for _ in "wr"
+    )
+    shard_dir = reads.path("shard")
+    reader_clock = Clock()
+    staged = StagedChunks(reads, {0: shard_dir}, N_MELS, 10**6, str(tmp_path), clock=reader_clock)
+    waves = staged.waves()
+    assert next(waves) == []  # listed before anything is staged
+    reader_clock.now += 1
+    with ShardWriter(writes, shard_dir, part_frames=1, clock=Clock()) as writer:
+        add_content(writer, 0, 300)
+        assert [c.key[0] for c in next(waves)] == [sha(0)]  # the shard's folder is listed
+        add_content(writer, 1, 200)
+        reader_clock.now += 1
+        assert [c.key[0] for c in next(waves)] == [sha(1)]  # a part committed since
+    reader_clock.now += 1
+    assert next(waves, None) is None and staged.done

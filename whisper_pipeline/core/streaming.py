@@ -150,6 +150,9 @@ class StagedChunks:
     def _poll(self) -> None:
         """Read every newly committed part; mark finished shards done, failed ones given up."""
         self._polled = self.clock()
+        # Other processes write the parts: listings an object store's file system cached at
+        # the last poll (s3fs does) would hide them, and the shard would never finish.
+        self.store.fs.invalidate_cache()
         failed = set()
         if self.clock() - self._failures_asked >= FAILURE_POLL_S:
             self._failures_asked = self.clock()
