@@ -299,6 +299,7 @@ def test_results_go_to_the_cache_and_failures_stay_with_the_run(tmp_path):
     assert read_results(store, run_dir, "key1", ["a" * 64])["a" * 64].status == "failed"
 
 
+@pytest.mark.slow  # a moto S3 server, one listing per poll
 def test_parts_committed_after_a_poll_are_seen_on_s3(s3_server, monkeypatch, tmp_path):
     # The probe: s3fs caches folder listings, so a reader that listed a shard's folder before
     # another process committed its parts kept seeing none and waited for the shard forever.
