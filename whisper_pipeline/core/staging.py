@@ -134,11 +134,6 @@ class TranscriptionGroup:
     shards: tuple[ShardPlan, ...]
     redo: bool = False
 
-    @property
-    def files(self) -> int:
-        """Distinct contents in the group's shards."""
-        return sum(len(shard.files) for shard in self.shards)
-
 
 @dataclass(frozen=True)
 class GroupTranscripts:

@@ -305,7 +305,8 @@ def transcribe_shards(
     started = time.monotonic()
     warn_unlimited_pool(context)
     store = storage.get()
-    contents = {sha for shard in group.shards for sha, _, _ in shard.files}
+    declared = {sha: duration or 0.0 for shard in group.shards for sha, _, duration in shard.files}
+    contents = set(declared)
     cached = set() if group.redo else store.cached_contents(group.options_key) & contents
     transcriber = whisper.transcriber()
     loaded = time.monotonic()
@@ -318,7 +319,6 @@ def transcribe_shards(
         cached,
         partial(retry_write, log=context.log.warning),
     )
-    declared = {sha: duration or 0.0 for shard in group.shards for sha, _, duration in shard.files}
     progress = Progress(
         f"group {group.index} transcription",
         len(contents),
