@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/transcription_memory.py [--chunks 40,400] [--wave-frames 0]
+    python benchmarks/transcription_memory.py [--chunks 40,400] [--wave-frames 0] [--files GLOBS]
 
 For each chunk count, a fresh process stages a shard of that many real speech chunks (log-mel
 features of the shared corpus's long recordings, repeated) and transcribes it the way
@@ -11,6 +11,9 @@ with the pipeline's default resource (tiny.en, int8 on CPU, two workers, batch 8
 the process's peak RSS (``VmHWM``) before and after transcription. ``--wave-frames N`` overrides
 the wave's frames (0: the pipeline's own ``wave_frames``); a wave of every chunk is the old
 behaviour.
+``--files`` takes the chunks from other corpus recordings (comma-separated globs relative to
+the corpus, e.g. ``short/pv_*.wav`` for speech tiny.en cannot transcribe, whose windows run
+through every fallback temperature); default: the first three long recordings.
 ``--no-trim`` skips ``core.memory.release_free_memory`` between waves (the ablation).
 """
 
@@ -38,7 +41,19 @@ def vm_hwm_mib() -> float:
     return 0.0
 
 
-def worker(chunks: int, wave: int, trim: bool) -> dict:
+DEFAULT_FILES = "long/*"
+
+
+def corpus_files(globs: str) -> list[Path]:
+    """The corpus recordings ``globs`` names (comma-separated, relative to the corpus), sorted;
+    the default is the first three long recordings."""
+    corpus = corpus_dir()
+    if globs == DEFAULT_FILES:
+        return sorted((corpus / "long").iterdir())[:3]
+    return sorted({path for pattern in globs.split(",") for path in corpus.glob(pattern)})
+
+
+def worker(chunks: int, wave: int, trim: bool, files: str = DEFAULT_FILES) -> dict:
     """Stage ``chunks`` speech chunks and transcribe them; returns the measurements."""
 
     from whisper_pipeline.core import audio
@@ -51,14 +66,13 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
     from whisper_pipeline.defs.assets.transcription import wave_frames
     from whisper_pipeline.resources.whisper import WhisperModelResource
 
-    corpus = corpus_dir()
     whisper = WhisperModelResource()
     extractor = whisper.feature_extractor()
     with tempfile.TemporaryDirectory() as scratch:
         store = Storage(scratch)
         shard_dir = store.path("shard")
         sources = []
-        for path in sorted((corpus / "long").iterdir())[:3]:
+        for path in corpus_files(files):
             with open(path, "rb") as handle:
                 decoded = audio.spool(handle, os.path.join(scratch, "spool"))
             for chunk in split_spooled(decoded):
@@ -89,6 +103,7 @@ def worker(chunks: int, wave: int, trim: bool) -> dict:
             "peak_mib": round(vm_hwm_mib()),
             "seconds": round(time.perf_counter() - started, 1),
             "with_text": sum(bool(r.segments) for r in results),
+            "generate_calls": transcriber.generate_calls,
         }
 
 
@@ -97,15 +112,17 @@ def main() -> int:
     parser.add_argument("--chunks", default="40,400")
     parser.add_argument("--wave-frames", type=int, default=0)
     parser.add_argument("--no-trim", action="store_true")
+    parser.add_argument("--files", default=DEFAULT_FILES, help="corpus globs, comma-separated")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.wave_frames, not args.no_trim)))
+        print(json.dumps(worker(args.worker, args.wave_frames, not args.no_trim, args.files)))
         return 0
     for count in (int(c) for c in args.chunks.split(",")):
         command = [sys.executable, __file__, "--worker", str(count)]
         command += ["--wave-frames", str(args.wave_frames)]
         command += ["--no-trim"] if args.no_trim else []
+        command += ["--files", args.files]
         completed = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
         if completed.returncode:
             print(completed.stderr[-3000:], file=sys.stderr)
