@@ -10,10 +10,10 @@ transcription steps (the ``transcripts`` materialization's metadata), and the sp
 audio hour across sizes against the goal of 15%.
 
 A peak is one moment of a run. To tell memory that grows with the partition from rare moments
-when large buffers coincide, the largest process of the run (with the real model, the transcription step) is also
-sampled every ``SAMPLE_S`` (``VmRSS`` from ``/proc``, Linux): the median of its per-minute
-maxima (the typical peak) and the lowest anonymous RSS in the last half of the run, its
-floor (what stays allocated between batches).
+when large buffers coincide, the largest process of the run (with the real model, the
+transcription step) is also sampled every ``SAMPLE_S`` (``VmRSS`` from ``/proc``, Linux): the
+median of its per-minute maxima (the typical peak) and the lowest anonymous RSS in the last half
+of the run, its floor (what stays allocated between batches).
 
     python -m benchmarks.scaling [--hours 0.33,2,10] [--standin] [--out benchmarks/out]
 
