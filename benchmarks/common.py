@@ -13,9 +13,13 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import tempfile
+import threading
+import time
 import wave
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -379,3 +383,106 @@ def machine_info(config: ModelConfig) -> dict:
         gpu = subprocess.run(query, capture_output=True, text=True, check=False)
         info["gpu"] = gpu.stdout.strip()
     return info
+
+
+class TreeMemorySampler(threading.Thread):
+    """Samples, from ``/proc``, the memory of every descendant of this process.
+
+    Records the peak of the summed proportional set size (PSS: shared pages split between the
+    processes sharing them, so forked copies are not counted twice), the largest single RSS, and
+    per sample the largest process's RSS and anonymous RSS (``largest``; ``largest_summary``).
+
+    Args:
+        interval_s: Seconds between samples.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.interval_s = interval_s
+        self.peak_pss_mib = 0.0
+        self.peak_process_rss_mib = 0.0
+        self.peak_processes = 0
+        self._stop_event = threading.Event()
+        self._page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
+        self._since = time.monotonic()
+        self.largest: list[tuple[float, float, float]] = []
+        """``(seconds from the start, RSS MiB, anonymous RSS MiB)`` of the largest process."""
+
+    def run(self) -> None:
+        """Sample until ``stop`` is called."""
+        while not self._stop_event.wait(self.interval_s):
+            self.sample()
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
+        self._stop_event.set()
+        self.join()
+
+    def sample(self) -> None:
+        """Take one sample of the descendants' memory."""
+        parents, rss = {}, {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()  # fields from the 3rd (state) on
+            parents[int(entry.name)] = int(fields[1])
+            rss[int(entry.name)] = int(fields[21]) * self._page_mib
+        children = defaultdict(list)
+        for pid, parent in parents.items():
+            children[parent].append(pid)
+        tree, stack = [], list(children[os.getpid()])
+        while stack:
+            pid = stack.pop()
+            tree.append(pid)
+            stack.extend(children[pid])
+        pss = sum(self._pss_mib(pid, rss[pid]) for pid in tree)
+        self.peak_pss_mib = max(self.peak_pss_mib, pss)
+        self.peak_process_rss_mib = max([self.peak_process_rss_mib, *(rss[p] for p in tree)])
+        self.peak_processes = max(self.peak_processes, len(tree))
+        if tree:
+            pid = max(tree, key=rss.__getitem__)
+            seconds = time.monotonic() - self._since
+            self.largest.append((seconds, rss[pid], self._anon_mib(pid)))
+
+    def largest_summary(self) -> dict:
+        """The largest process's ``typical_peak_mib`` (median of its per-minute maxima),
+        ``sampled_peak_mib`` and ``floor_anon_mib`` (lowest anonymous RSS in the last half of
+        the samples); empty without samples."""
+        if not self.largest:
+            return {}
+        minutes: dict[int, float] = {}
+        for seconds, rss, _ in self.largest:
+            minutes[int(seconds // 60)] = max(minutes.get(int(seconds // 60), 0.0), rss)
+        half = self.largest[len(self.largest) // 2 :]
+        return {
+            "typical_peak_mib": round(statistics.median(minutes.values())),
+            "sampled_peak_mib": round(max(rss for _, rss, _ in self.largest)),
+            "floor_anon_mib": round(min(anon for _, _, anon in half)),
+        }
+
+    @staticmethod
+    def _anon_mib(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("RssAnon:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError):
+            pass
+        return 0.0
+
+    @staticmethod
+    def _pss_mib(pid: int, fallback_mib: float) -> float:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError):
+            pass
+        return fallback_mib

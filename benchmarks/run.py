@@ -90,7 +90,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -106,6 +105,7 @@ from benchmarks.common import (  # noqa: E402 - after the path fix above
     REPOSITORY,
     AudioInput,
     ModelConfig,
+    TreeMemorySampler,
     corpus_wer,
     load_input_set,
     load_model,
@@ -347,74 +347,6 @@ def run_core(inputs: list[AudioInput], config: ModelConfig, pack_windows: bool =
         "chunks": len(chunk_inputs),
         "generate_calls": transcriber.generate_calls,
     }
-
-
-class TreeMemorySampler(threading.Thread):
-    """Samples, from ``/proc``, the memory of every descendant of this process.
-
-    Records the peak of the summed proportional set size (PSS: shared pages split between the
-    processes sharing them, so forked copies are not counted twice) and the largest single RSS.
-
-    Args:
-        interval_s: Seconds between samples.
-    """
-
-    def __init__(self, interval_s: float = 0.5):
-        super().__init__(daemon=True)
-        self.interval_s = interval_s
-        self.peak_pss_mib = 0.0
-        self.peak_process_rss_mib = 0.0
-        self.peak_processes = 0
-        self._stop_event = threading.Event()
-        self._page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def run(self) -> None:
-        """Sample until ``stop`` is called."""
-        while not self._stop_event.wait(self.interval_s):
-            self.sample()
-
-    def stop(self) -> None:
-        """Stop sampling and wait for the thread."""
-        self._stop_event.set()
-        self.join()
-
-    def sample(self) -> None:
-        """Take one sample of the descendants' memory."""
-        parents, rss = {}, {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as handle:
-                    stat = handle.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2 :].split()  # fields from the 3rd (state) on
-            parents[int(entry.name)] = int(fields[1])
-            rss[int(entry.name)] = int(fields[21]) * self._page_mib
-        children = defaultdict(list)
-        for pid, parent in parents.items():
-            children[parent].append(pid)
-        tree, stack = [], list(children[os.getpid()])
-        while stack:
-            pid = stack.pop()
-            tree.append(pid)
-            stack.extend(children[pid])
-        pss = sum(self._pss_mib(pid, rss[pid]) for pid in tree)
-        self.peak_pss_mib = max(self.peak_pss_mib, pss)
-        self.peak_process_rss_mib = max([self.peak_process_rss_mib, *(rss[p] for p in tree)])
-        self.peak_processes = max(self.peak_processes, len(tree))
-
-    @staticmethod
-    def _pss_mib(pid: int, fallback_mib: float) -> float:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as handle:
-                for line in handle:
-                    if line.startswith("Pss:"):
-                        return int(line.split()[1]) / 1024
-        except (OSError, ValueError):
-            pass
-        return fallback_mib
 
 
 def run_dagster_cli(

@@ -11,9 +11,9 @@ audio hour across sizes against the goal of 15%.
 
 A peak is one moment of a run. To tell memory that grows with the partition from rare moments
 when large buffers coincide, the largest process of the run (with the real model, the
-transcription step) is also sampled every ``SAMPLE_S`` (``VmRSS`` from ``/proc``, Linux): the
-median of its per-minute maxima (the typical peak) and the lowest anonymous RSS in the last half
-of the run, its floor (what stays allocated between batches).
+transcription step) is also sampled every 0.5 s (``benchmarks.common.TreeMemorySampler``, from
+``/proc``, Linux): the median of its per-minute maxima (the typical peak) and the lowest
+anonymous RSS in the last half of the run, its floor (what stays allocated between batches).
 
     python -m benchmarks.scaling [--hours 0.33,2,10] [--standin] [--out benchmarks/out]
 
@@ -22,89 +22,17 @@ Exits 1 when a run fails.
 
 import argparse
 import json
-import os
-import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_OUT, cpu_model
+from benchmarks.common import DEFAULT_OUT, TreeMemorySampler, cpu_model
 from benchmarks.perturbed import perturbed_set
 from benchmarks.standin.record import ensure_recording
 from benchmarks.standin_regime import run_partition
 
 SPREAD_GOAL = 0.15
 """Issue 29: wall time and peak memory per audio hour within 15% from 20 minutes to 10 hours."""
-
-
-SAMPLE_S = 0.5
-"""Seconds between two samples of the run's processes' memory."""
-
-
-class RssSampler:
-    """Samples the resident memory of the largest process whose environment names ``marker``.
-
-    A background thread reads ``/proc/<pid>/environ`` and ``status`` every ``SAMPLE_S``; on
-    systems without ``/proc`` it records nothing.
-
-    Args:
-        marker: An ``environ`` entry of the run's processes (``WHISPER_PIPELINE_ROOT=...``).
-
-    Attributes:
-        samples: ``(seconds from the start, VmRSS MiB, RssAnon MiB)`` of the largest process.
-    """
-
-    def __init__(self, marker: str):
-        self.marker = marker.encode()
-        self.samples: list[tuple[float, float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        while not self._stop.wait(SAMPLE_S):
-            largest = None
-            for pid in (name for name in os.listdir("/proc") if name.isdigit()):
-                try:
-                    with open(f"/proc/{pid}/environ", "rb") as handle:
-                        if self.marker not in handle.read().split(b"\0"):
-                            continue
-                    with open(f"/proc/{pid}/status") as handle:
-                        fields = dict(line.split(":", 1) for line in handle if ":" in line)
-                except OSError:
-                    continue
-                rss = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
-                anon = int(fields.get("RssAnon", "0 kB").split()[0]) / 1024
-                if largest is None or rss > largest[0]:
-                    largest = (rss, anon)
-            if largest:
-                self.samples.append((time.monotonic() - started, *largest))
-
-    def summary(self) -> dict:
-        """``typical_peak_mib`` (median of the per-minute maxima), ``sampled_peak_mib`` and
-        ``floor_anon_mib`` (lowest anonymous RSS in the run's last half); empty without
-        samples."""
-        if not self.samples:
-            return {}
-        minutes: dict[int, float] = {}
-        for seconds, rss, _ in self.samples:
-            minutes[int(seconds // 60)] = max(minutes.get(int(seconds // 60), 0.0), rss)
-        half = self.samples[len(self.samples) // 2 :]
-        return {
-            "typical_peak_mib": round(statistics.median(minutes.values())),
-            "sampled_peak_mib": round(max(rss for _, rss, _ in self.samples)),
-            "floor_anon_mib": round(min(anon for _, _, anon in half)),
-        }
 
 
 def spread(values: list[float]) -> float:
@@ -129,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{hours:g} h: {len(inputs)} files...", file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix="scaling_", dir=results) as scratch:
             log = results / f"scaling-{hours:g}h-cli.log"
-            marker = f"WHISPER_PIPELINE_ROOT={Path(scratch) / 'root'}"
-            with RssSampler(marker) as sampler:
+            sampler = TreeMemorySampler()
+            sampler.start()
+            try:
                 run = run_partition(inputs, recording, Path(scratch), log)
+            finally:
+                sampler.stop()
         failed |= run["returncode"] != 0
         audio_h = sum(item.duration_s for item in inputs) / 3600
         metadata = run["metadata"]
@@ -146,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 "preprocess_peak_rss_mib": metadata.get("preprocess_peak_rss_mib"),
                 "model_busy_seconds": metadata.get("model_busy_seconds"),
                 "first_batch_seconds": metadata.get("first_batch_seconds"),
-                **sampler.summary(),
+                **sampler.largest_summary(),
             }
         )
     model = "replay stand-in" if args.standin else "real tiny.en, int8"

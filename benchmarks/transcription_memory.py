@@ -41,19 +41,16 @@ def vm_hwm_mib() -> float:
     return 0.0
 
 
-DEFAULT_FILES = "long/*"
-
-
-def corpus_files(globs: str) -> list[Path]:
+def corpus_files(globs: str | None) -> list[Path]:
     """The corpus recordings ``globs`` names (comma-separated, relative to the corpus), sorted;
-    the default is the first three long recordings."""
+    ``None``: the first three long recordings."""
     corpus = corpus_dir()
-    if globs == DEFAULT_FILES:
+    if globs is None:
         return sorted((corpus / "long").iterdir())[:3]
     return sorted({path for pattern in globs.split(",") for path in corpus.glob(pattern)})
 
 
-def worker(chunks: int, wave: int, trim: bool, files: str = DEFAULT_FILES) -> dict:
+def worker(chunks: int, wave: int, trim: bool, files: str | None = None) -> dict:
     """Stage ``chunks`` speech chunks and transcribe them; returns the measurements."""
 
     from whisper_pipeline.core import audio
@@ -112,7 +109,7 @@ def main() -> int:
     parser.add_argument("--chunks", default="40,400")
     parser.add_argument("--wave-frames", type=int, default=0)
     parser.add_argument("--no-trim", action="store_true")
-    parser.add_argument("--files", default=DEFAULT_FILES, help="corpus globs, comma-separated")
+    parser.add_argument("--files", help="corpus globs, comma-separated")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -122,7 +119,7 @@ def main() -> int:
         command = [sys.executable, __file__, "--worker", str(count)]
         command += ["--wave-frames", str(args.wave_frames)]
         command += ["--no-trim"] if args.no_trim else []
-        command += ["--files", args.files]
+        command += ["--files", args.files] if args.files else []
         completed = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
         if completed.returncode:
             print(completed.stderr[-3000:], file=sys.stderr)
