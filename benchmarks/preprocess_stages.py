@@ -10,10 +10,13 @@ second, so a stage that gets faster by using more threads does not look better t
 
     python -m benchmarks.preprocess_stages [--inputs corpus,real-short,many-short] [--repeats 3]
 
-Each set is run ``--repeats`` times after one warm-up file, in rounds alternating numpy's BLAS
-on its default threads (as preprocessing steps ran before ``core.preprocess.single_threaded_blas``)
-and on one thread (as they run now); the best repeat of each stage is reported (the least
-disturbed by other work on the machine), with the ratio of audio per CPU second between them.
+Each set is run ``--repeats`` times after one warm-up file, in rounds of three modes: numpy's
+BLAS on its default threads and faster-whisper's own Silero VAD session (as preprocessing steps
+ran before ``core.preprocess.single_threaded_blas``), BLAS on one thread, and BLAS on one thread
+with VAD in calls of ``chunking.VAD_WINDOWS_PER_CALL`` windows (as they run now). The best
+repeat of each stage is reported (the least disturbed by other work on the machine), with the
+ratio of audio per CPU second of the last mode against the first, and a check that every mode
+found the same chunks.
 """
 
 import argparse
@@ -29,8 +32,10 @@ from benchmarks.common import DEFAULT_OUT, INPUT_SETS, cpu_model, load_input_set
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.chunking import (
     CHUNK_LENGTH_S,
+    VAD_WINDOWS_PER_CALL,
     log_mel,
     pack_regions,
+    set_vad_windows_per_call,
     speech_regions,
 )
 
@@ -53,29 +58,41 @@ class Clock:
         return result
 
 
-def preprocess(path: str, extractor, spool_path: str, clock: Clock) -> tuple[float, int]:
-    """One file through every stage; returns (decoded seconds, chunks)."""
+def preprocess(
+    path: str, extractor, spool_path: str, clock: Clock
+) -> tuple[float, list[tuple[int, int]]]:
+    """One file through every stage.
+
+    Returns:
+        The decoded seconds, and each chunk's first sample and end sample (exclusive).
+    """
     with open(path, "rb") as stream:
         try:
             decoded = clock.time("decode", lambda: audio.spool(stream, spool_path))
         except audio.AudioError:
-            return 0.0, 0
+            return 0.0, []
     regions = clock.time("vad", lambda: speech_regions(decoded.samples, decoded.scale()))
 
     def chunk_audio():
         groups = pack_regions(regions, CHUNK_LENGTH_S * audio.SAMPLE_RATE)
         pieces = [[decoded.samples[r["start"] : r["end"]] for r in group] for group in groups]
-        return [
+        chunks = [
             np.concatenate(p).astype(np.float32) * np.float32(audio.PCM16_SCALE) for p in pieces
         ]
+        return groups, chunks
 
-    chunks = clock.time("chunk", chunk_audio)
+    groups, chunks = clock.time("chunk", chunk_audio)
     for samples in chunks:
         clock.time("log-mel", lambda samples=samples: log_mel(extractor, samples))
-    return decoded.duration_s, len(chunks)
+    return decoded.duration_s, [(group[0]["start"], group[-1]["end"]) for group in groups]
 
 
-MODES = ("default BLAS threads", "one BLAS thread")
+MODES = {
+    # name: (BLAS threads (None: numpy's default), VAD windows per call (None: faster-whisper's))
+    "before: default BLAS threads, faster-whisper's VAD calls": (None, None),
+    "one BLAS thread": (1, None),
+    f"now: one BLAS thread, VAD calls of {VAD_WINDOWS_PER_CALL} windows": (1, VAD_WINDOWS_PER_CALL),
+}
 
 
 def table(best: dict[str, tuple[float, float]], seconds: float) -> list[str]:
@@ -98,7 +115,7 @@ def table(best: dict[str, tuple[float, float]], seconds: float) -> list[str]:
 
 
 def main() -> None:
-    """Time every stage on each input set, in both modes, and print the tables."""
+    """Time every stage on each input set, in every mode, and print the tables."""
     from faster_whisper.feature_extractor import FeatureExtractor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,26 +131,33 @@ def main() -> None:
             inputs = load_input_set(name, None, 120, DEFAULT_OUT)
             preprocess(inputs[0].path, extractor, spool_path, Clock())  # warm-up
             best: dict[str, dict[str, tuple[float, float]]] = {mode: {} for mode in MODES}
+            found: dict[str, list] = {}
             for _ in range(args.repeats):
-                for mode in MODES:
-                    limit = None if mode == MODES[0] else 1
-                    clock, seconds, chunks = Clock(), 0.0, 0
-                    with threadpool_limits(limits=limit, user_api="blas"):
+                for mode, (blas_threads, vad_windows) in MODES.items():
+                    set_vad_windows_per_call(vad_windows)
+                    clock, seconds, chunks = Clock(), 0.0, []
+                    with threadpool_limits(limits=blas_threads, user_api="blas"):
                         for item in inputs:
-                            decoded_s, count = preprocess(item.path, extractor, spool_path, clock)
-                            seconds, chunks = seconds + decoded_s, chunks + count
+                            decoded_s, bounds = preprocess(item.path, extractor, spool_path, clock)
+                            seconds += decoded_s
+                            chunks.append(bounds)
+                    found[mode] = chunks
                     for stage in STAGES:
                         kept = best[mode].get(stage)
                         if kept is None or clock.cpu[stage] < kept[0]:
                             best[mode][stage] = (clock.cpu[stage], clock.wall[stage])
-            print(f"### {name}: {len(inputs)} files, {seconds:.0f} s of audio, {chunks} chunks\n")
+            count = sum(len(bounds) for bounds in chunks)
+            same = all(other == chunks for other in found.values())
+            print(f"### {name}: {len(inputs)} files, {seconds:.0f} s of audio, {count} chunks "
+                  f"({'the same' if same else 'NOT the same'} in every mode)\n")  # fmt: skip
             totals = {}
             for mode in MODES:
                 print(f"{mode}:\n")
                 print("\n".join(table(best[mode], seconds)) + "\n")
                 totals[mode] = sum(cpu for cpu, _ in best[mode].values())
-            print(f"audio per CPU second, one thread against default: "
-                  f"{totals[MODES[0]] / totals[MODES[1]]:.2f}x\n")  # fmt: skip
+            before, now = list(MODES)[0], list(MODES)[-1]
+            print(f"audio per CPU second, now against before: "
+                  f"{totals[before] / totals[now]:.2f}x\n")  # fmt: skip
 
 
 if __name__ == "__main__":
