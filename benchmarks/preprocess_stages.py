@@ -12,8 +12,8 @@ second, so a stage that gets faster by using more threads does not look better t
 
 Each set is run ``--repeats`` times after one warm-up file, in rounds of three modes: numpy's
 BLAS on its default threads and faster-whisper's own Silero VAD session (as preprocessing steps
-ran before ``core.preprocess.single_threaded_blas``), BLAS on one thread, and BLAS on one thread
-with VAD in calls of ``chunking.VAD_WINDOWS_PER_CALL`` windows (as they run now). The best
+ran before ``core.preprocess.single_threaded_blas``), BLAS on one thread, then also VAD in calls
+of ``vad.VAD_WINDOWS_PER_CALL`` windows, then also VAD's STFT by FFT (as they run now). The best
 repeat of each stage is reported (the least disturbed by other work on the machine), with the
 ratio of audio per CPU second of the last mode against the first, and a check that every mode
 found the same chunks.
@@ -30,14 +30,8 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks.common import DEFAULT_OUT, INPUT_SETS, cpu_model, load_input_set
 from whisper_pipeline.core import audio
-from whisper_pipeline.core.chunking import (
-    CHUNK_LENGTH_S,
-    VAD_WINDOWS_PER_CALL,
-    log_mel,
-    pack_regions,
-    set_vad_windows_per_call,
-    speech_regions,
-)
+from whisper_pipeline.core.chunking import CHUNK_LENGTH_S, log_mel, pack_regions, speech_regions
+from whisper_pipeline.core.vad import VAD_WINDOWS_PER_CALL, configure_vad
 
 STAGES = ("decode", "vad", "chunk", "log-mel")
 
@@ -88,10 +82,16 @@ def preprocess(
 
 
 MODES = {
-    # name: (BLAS threads (None: numpy's default), VAD windows per call (None: faster-whisper's))
-    "before: default BLAS threads, faster-whisper's VAD calls": (None, None),
-    "one BLAS thread": (1, None),
-    f"now: one BLAS thread, VAD calls of {VAD_WINDOWS_PER_CALL} windows": (1, VAD_WINDOWS_PER_CALL),
+    # name: (BLAS threads (None: numpy's default), VAD windows per call (None: faster-whisper's
+    # session), STFT by FFT)
+    "before: default BLAS threads, faster-whisper's VAD session": (None, None, 0),
+    "one BLAS thread": (1, None, 0),
+    f"one BLAS thread, VAD calls of {VAD_WINDOWS_PER_CALL} windows": (
+        1,
+        VAD_WINDOWS_PER_CALL,
+        False,
+    ),
+    "now: the same, and VAD's STFT by numpy's FFT": (1, VAD_WINDOWS_PER_CALL, True),
 }
 
 
@@ -133,8 +133,8 @@ def main() -> None:
             best: dict[str, dict[str, tuple[float, float]]] = {mode: {} for mode in MODES}
             found: dict[str, list] = {}
             for _ in range(args.repeats):
-                for mode, (blas_threads, vad_windows) in MODES.items():
-                    set_vad_windows_per_call(vad_windows)
+                for mode, (blas_threads, vad_windows, fft) in MODES.items():
+                    configure_vad(vad_windows, bool(fft))
                     clock, seconds, chunks = Clock(), 0.0, []
                     with threadpool_limits(limits=blas_threads, user_api="blas"):
                         for item in inputs:

@@ -2,17 +2,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from faster_whisper.vad import get_speech_timestamps, get_vad_model
 
 from whisper_pipeline.core import audio
 from whisper_pipeline.core.chunking import (
     CHUNK_LENGTH_S,
-    VAD_WINDOWS_PER_CALL,
-    WindowBatchedSession,
     chunk_time_map,
-    default_vad_options,
     pack_regions,
-    set_vad_windows_per_call,
     speech_regions,
     split_speech,
     split_spooled,
@@ -116,32 +111,6 @@ def test_blockwise_vad_finds_the_same_speech_as_one_pass(corpus):
     starts = [r["start"] for r in blocks]
     assert starts == sorted(starts)
     assert all(a["end"] <= b["start"] for a, b in zip(blocks, blocks[1:], strict=False))
-
-
-@requires_corpus
-def test_vad_in_small_calls_gives_faster_whisper_s_probabilities_and_regions(corpus):
-    with open(corpus / "long/voxconverse_aepyx_8k.wav", "rb") as handle:
-        waveform = audio.normalize_peak(audio.decode(handle))[: 200 * audio.SAMPLE_RATE]
-    waveform = waveform[: len(waveform) // 512 * 512]  # whole 512-sample windows
-    try:
-        set_vad_windows_per_call(None)
-        stock_session = get_vad_model().session
-        stock = get_vad_model()(waveform)
-        stock_regions = get_speech_timestamps(waveform, default_vad_options())
-        set_vad_windows_per_call(VAD_WINDOWS_PER_CALL)
-        assert isinstance(get_vad_model().session, WindowBatchedSession)
-        assert get_vad_model().session.session is stock_session  # wrapped once, not twice
-        set_vad_windows_per_call(VAD_WINDOWS_PER_CALL)
-        assert get_vad_model().session.session is stock_session
-        batched = get_vad_model()(waveform)
-        batched_regions = get_speech_timestamps(waveform, default_vad_options())
-    finally:
-        set_vad_windows_per_call()
-    assert len(waveform) // 512 > 10 * VAD_WINDOWS_PER_CALL  # many calls, state carried across
-    np.testing.assert_array_equal(batched, stock)
-    assert batched_regions == stock_regions and stock_regions
-    with pytest.raises(ValueError, match="at least 1"):
-        WindowBatchedSession(stock_session, 0)
 
 
 @pytest.mark.slow  # decodes and VAD-splits a long synthetic recording

@@ -15,14 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
-from faster_whisper.vad import (
-    SpeechTimestampsMap,
-    VadOptions,
-    get_speech_timestamps,
-    get_vad_model,
-)
+from faster_whisper.vad import SpeechTimestampsMap, VadOptions, get_speech_timestamps
 
 from whisper_pipeline.core.audio import PCM16_SCALE, SAMPLE_RATE, SpooledAudio
+from whisper_pipeline.core.vad import ensure_configured
 
 CHUNK_LENGTH_S = 30
 """Whisper's fixed input window in seconds (OpenAI Whisper ``audio.py``: ``CHUNK_LENGTH = 30``)."""
@@ -43,68 +39,6 @@ VAD_CONTEXT_S = 35
 """Audio (seconds) VAD also scans before and after each block. Regions are kept by the block
 their start falls in, so a region crossing a block end is seen whole (VAD caps regions at
 30 s, plus 0.4 s padding) and Silero's state has settled when a block's own audio begins."""
-
-VAD_WINDOWS_PER_CALL = 512
-"""Silero VAD windows (512 samples, 32 ms at 16 kHz) per ONNX Runtime call: 16 s of audio.
-faster-whisper's ``SileroVADModel`` runs up to 10,000 windows (320 s) per call, whose
-intermediate tensors (tens of MB) outgrow the CPU's caches; with 500-1,000 windows the same
-model needs about 11% less CPU, with bit-identical probabilities (the LSTM state is carried
-from call to call). Measured on the corpus's long recordings: ``benchmarks/RESULTS.md``,
-"Preprocessing per stage"."""
-
-
-class WindowBatchedSession:
-    """An ONNX Runtime session for Silero VAD that runs each call in sub-batches of windows.
-
-    Stands in for ``SileroVADModel.session``: ``run(None, {"input", "h", "c"})`` with input of
-    shape ``(n_windows, 576)`` float32 (64 context samples and a 512-sample window, 16 kHz) and
-    LSTM state ``h``, ``c`` of shape ``(1, 1, 128)``. The windows are fed ``windows`` at a time,
-    each call starting from the state the previous one returned, exactly as faster-whisper
-    feeds its own 10,000-window batches; returns ``[probabilities (n_windows, 1), h, c]``.
-    """
-
-    def __init__(self, session, windows: int):
-        if windows < 1:
-            raise ValueError(f"windows per VAD call must be at least 1, got {windows}")
-        self.session = session
-        self.windows = windows
-
-    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the wrapped session on ``feeds["input"]`` in sub-batches; see the class."""
-        windows, h, c = feeds["input"], feeds["h"], feeds["c"]
-        probabilities = []
-        for first in range(0, windows.shape[0], self.windows):
-            batch = {"input": windows[first : first + self.windows], "h": h, "c": c}
-            output, h, c = self.session.run(output_names, batch)
-            probabilities.append(output)
-        if not probabilities:
-            return self.session.run(output_names, feeds)
-        return [np.concatenate(probabilities, axis=0), h, c]
-
-
-def set_vad_windows_per_call(windows: int | None = VAD_WINDOWS_PER_CALL) -> None:
-    """Set how many windows faster-whisper's shared Silero VAD model runs per ONNX Runtime call.
-
-    Wraps the session of ``faster_whisper.vad.get_vad_model()`` (one per process) in a
-    ``WindowBatchedSession``; the probabilities, and so the speech regions, do not change.
-    ``speech_regions`` calls this with the default on first use; any other faster-whisper VAD
-    call in the process gets the same session.
-
-    Args:
-        windows: Windows per call; ``None`` restores faster-whisper's own session (10,000).
-
-    Raises:
-        ValueError: If ``windows`` is below 1.
-    """
-    global _vad_configured
-    model = get_vad_model()
-    session = model.session
-    stock = session.session if isinstance(session, WindowBatchedSession) else session
-    model.session = stock if windows is None else WindowBatchedSession(stock, windows)
-    _vad_configured = True
-
-
-_vad_configured = False
 
 
 @dataclass(frozen=True)
@@ -170,8 +104,7 @@ def speech_regions(
         ``{"start": int, "end": int}`` sample ranges in file samples, in time order, not
         overlapping, each at most ``max_speech_duration_s`` long.
     """
-    if not _vad_configured:
-        set_vad_windows_per_call()
+    ensure_configured()  # small VAD calls, STFT by FFT: core/vad.py
     options = vad_options or default_vad_options()
     block = int(block_s * SAMPLE_RATE)
     context = VAD_CONTEXT_S * SAMPLE_RATE
