@@ -89,3 +89,17 @@ def test_a_model_the_fft_does_not_match_falls_back_to_the_stock_session(
 def test_windows_per_call_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         SileroSession(object(), 0)
+
+
+def test_an_unwritable_cache_still_gives_the_fft_path(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("WHISPER_PIPELINE_CACHE", str(blocker / "cache"))
+    configure_vad(None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="whisper_pipeline.core.vad"):
+            configure_vad()
+        assert get_vad_model().session.after_stft is not None
+        assert "could not cache" in caplog.text
+    finally:
+        configure_vad()

@@ -160,13 +160,17 @@ def graph_after_stft(model_path: str) -> bytes:
     outputs = [output.name for output in model.graph.output]
     cut = onnx.utils.Extractor(model).extract_model([STFT_OUTPUT, "h", "c"], outputs)
     serialized = cut.SerializeToString()
+    partial = None
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as handle:
+            partial = handle.name
             handle.write(serialized)
-        os.replace(handle.name, cached)
+        os.replace(partial, cached)
     except OSError as error:
         logger.warning("could not cache the cut VAD graph at %s: %s", cached, error)
+        if partial is not None and os.path.exists(partial):
+            os.unlink(partial)  # a full disk leaves no partial file behind
     return serialized
 
 
