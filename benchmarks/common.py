@@ -440,14 +440,16 @@ class TreeMemorySampler(threading.Thread):
             pid = stack.pop()
             tree.append(pid)
             stack.extend(children[pid])
-        pss = sum(self._pss_mib(pid, rss[pid]) for pid in tree)
+        pss = sum(self._proc_mib(f"/proc/{pid}/smaps_rollup", "Pss:", rss[pid]) for pid in tree)
         self.peak_pss_mib = max(self.peak_pss_mib, pss)
         self.peak_process_rss_mib = max([self.peak_process_rss_mib, *(rss[p] for p in tree)])
         self.peak_processes = max(self.peak_processes, len(tree))
         if tree:
             pid = max(tree, key=rss.__getitem__)
             seconds = time.monotonic() - self._since
-            self.largest.append((seconds, rss[pid], self._anon_mib(pid)))
+            self.largest.append(
+                (seconds, rss[pid], self._proc_mib(f"/proc/{pid}/status", "RssAnon:"))
+            )
 
     def largest_summary(self) -> dict:
         """The largest process's ``typical_peak_mib`` (median of its per-minute maxima),
@@ -466,22 +468,13 @@ class TreeMemorySampler(threading.Thread):
         }
 
     @staticmethod
-    def _anon_mib(pid: int) -> float:
+    def _proc_mib(path: str, field: str, fallback_mib: float = 0.0) -> float:
+        """A ``kB`` field (``"RssAnon:"``, ``"Pss:"``) of a ``/proc`` file, in MiB; the
+        fallback if the process is gone or the field is missing."""
         try:
-            with open(f"/proc/{pid}/status") as handle:
+            with open(path) as handle:
                 for line in handle:
-                    if line.startswith("RssAnon:"):
-                        return int(line.split()[1]) / 1024
-        except (OSError, ValueError):
-            pass
-        return 0.0
-
-    @staticmethod
-    def _pss_mib(pid: int, fallback_mib: float) -> float:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as handle:
-                for line in handle:
-                    if line.startswith("Pss:"):
+                    if line.startswith(field):
                         return int(line.split()[1]) / 1024
         except (OSError, ValueError):
             pass

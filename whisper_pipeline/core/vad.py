@@ -200,13 +200,10 @@ def fft_session(stock, model_path: str):
     import onnxruntime
 
     try:
-        options = onnxruntime.SessionOptions()  # faster-whisper's SileroVADModel options
-        options.inter_op_num_threads = 1
-        options.intra_op_num_threads = 1
-        options.enable_cpu_mem_arena = False
-        options.log_severity_level = 4
-        after = onnxruntime.InferenceSession(
-            graph_after_stft(model_path), providers=["CPUExecutionProvider"], sess_options=options
+        after = onnxruntime.InferenceSession(  # with faster-whisper's options (one thread)
+            graph_after_stft(model_path),
+            sess_options=stock.get_session_options(),
+            providers=stock.get_providers(),
         )
         windows = check_input()
         state = {"h": np.zeros((1, 1, 128), np.float32), "c": np.zeros((1, 1, 128), np.float32)}
