@@ -103,3 +103,13 @@ def test_an_unwritable_cache_still_gives_the_fft_path(tmp_path, monkeypatch, cap
         assert "could not cache" in caplog.text
     finally:
         configure_vad()
+
+
+def test_a_damaged_cached_graph_is_cut_again(vad_cache):
+    configure_vad()
+    (cached,) = vad_cache.glob("*.after-stft.onnx")
+    cached.write_bytes(b"half a file")
+    configure_vad(None)
+    configure_vad()
+    assert get_vad_model().session.after_stft is not None
+    assert cached.read_bytes() != b"half a file"

@@ -135,12 +135,13 @@ def cache_dir() -> Path:
     return Path(base) / "whisper_pipeline"
 
 
-def graph_after_stft(model_path: str) -> bytes:
+def graph_after_stft(model_path: str, refresh: bool = False) -> bytes:
     """The Silero VAD graph from ``STFT_OUTPUT`` to its outputs, as serialized ONNX.
 
     Read from the cache (``cache_dir()``, keyed by the model file's SHA-256) or cut with
     ``onnx.utils.Extractor`` and written there atomically; an unwritable cache only costs the
-    cut (and ``import onnx``) again in the next process.
+    cut (and ``import onnx``) again in the next process. ``refresh`` cuts it again and rewrites
+    the cache (a cached file ONNX Runtime cannot load).
 
     Raises:
         ImportError: If the graph is not cached and ``onnx`` is not installed.
@@ -149,10 +150,11 @@ def graph_after_stft(model_path: str) -> bytes:
     data = Path(model_path).read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
     cached = cache_dir() / f"{Path(model_path).stem}.{digest}.after-stft.onnx"
-    try:
-        return cached.read_bytes()
-    except OSError:
-        pass
+    if not refresh:
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
     import onnx
     import onnx.utils
 
@@ -166,6 +168,7 @@ def graph_after_stft(model_path: str) -> bytes:
         with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as handle:
             partial = handle.name
             handle.write(serialized)
+        os.chmod(partial, 0o644)  # readable by every user sharing the cache, as a plain file
         os.replace(partial, cached)
     except OSError as error:
         logger.warning("could not cache the cut VAD graph at %s: %s", cached, error)
@@ -199,12 +202,16 @@ def fft_session(stock, model_path: str):
     """
     import onnxruntime
 
-    try:
-        after = onnxruntime.InferenceSession(  # with faster-whisper's options (one thread)
-            graph_after_stft(model_path),
-            sess_options=stock.get_session_options(),
-            providers=stock.get_providers(),
+    def session(graph: bytes):  # with faster-whisper's options (one thread)
+        return onnxruntime.InferenceSession(
+            graph, sess_options=stock.get_session_options(), providers=stock.get_providers()
         )
+
+    try:
+        try:
+            after = session(graph_after_stft(model_path))
+        except Exception:  # InvalidProtobuf and the like: a damaged cached file
+            after = session(graph_after_stft(model_path, refresh=True))
         windows = check_input()
         state = {"h": np.zeros((1, 1, 128), np.float32), "c": np.zeros((1, 1, 128), np.float32)}
         expected = stock.run(None, {"input": windows, **state})[0]
